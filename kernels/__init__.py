@@ -1,0 +1,1 @@
+"""Raw Triton kernels (@triton.jit code only), shipped inside the package as fastrnn.kernels."""
