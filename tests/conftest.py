@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
-import pytest
 import torch
+
+# Without a GPU the Triton kernels run in Triton's CPU interpreter. The variable is read when a kernel is
+# decorated, so it must be set before fastrnn.kernels is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 _EMPTY_FNS = ("empty", "empty_like", "empty_strided")
 
