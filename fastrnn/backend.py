@@ -5,7 +5,9 @@ Backends:
     ``triton``     fastrnn's fused Triton kernels (:mod:`fastrnn.ops`). CUDA tensors, or CPU tensors when
                    ``TRITON_INTERPRET=1`` is set (the Triton interpreter, for testing).
     ``torch``      PyTorch's native RNN operators (what torch.nn runs: cuDNN on CUDA, ATen on CPU).
-    ``auto``       ``triton`` on CUDA tensors, ``torch`` on every other device.
+    ``auto``       ``triton`` on CUDA tensors, ``torch`` on every other device -- except while torch.compile
+                   traces, where the CPU choice is ``reference``: torch's native RNN operators cannot be traced
+                   with ``fullgraph=True`` (torch.nn.LSTM itself fails there), fastrnn's step loop can.
 
 The requested backend comes from the module's ``backend=`` argument, else the ``FASTRNN_BACKEND``
 environment variable, else ``auto``. float64 inputs never reach the Triton kernels: they run on the
@@ -43,15 +45,21 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # looked up once: cheap and compile-friendly
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def resolve(backend: str | None, device: torch.device, dtype: torch.dtype) -> str:
     """Pick the implementation for tensors on ``device`` of ``dtype``: 'reference', 'triton' or 'torch'."""
     name = requested(backend)
     if name == "auto":
-        name = "triton" if device.type == "cuda" and triton_installed() else "torch"
+        if device.type == "cuda" and triton_installed():
+            name = "triton"
+        else:
+            name = "reference" if torch.compiler.is_compiling() else "torch"
     if name != "triton":
         return name
     if not triton_installed():
