@@ -1,0 +1,144 @@
+"""Helpers shared by the cell kernels: activations and the tiled row-block matmul.
+
+Glossary (as in the cell files):
+    BB   rows of the batch tile a program owns (>= 16, padded and masked)
+    BN   output columns of one tile (hidden units or projection units, >= 16)
+    BK   reduction chunk of a tile matmul (>= 16)
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sigmoid(x):
+    return tl.sigmoid(x)
+
+
+@triton.jit
+def tanh(x):
+    # libdevice tanh fails in the interpreter and (1-e^-2x)/(1+e^-2x) overflows for x <= -50.
+    return 2 * tl.sigmoid(2 * x) - 1
+
+
+@triton.jit
+def dot(a, b, DOT_FP32: tl.constexpr):
+    """a [M, K] @ b [K, N] with an fp32 result.
+
+    DOT_FP32: both operands in fp32, exact ("ieee") products; used for fp32 weights and, under the
+    interpreter, for bf16 (whose interpreted tl.dot is broken). Otherwise ``a`` is rounded to b's dtype
+    (fp16/bf16 tensor cores) and accumulated in fp32.
+    """
+    if DOT_FP32:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a.to(b.dtype), b)
+    return out
+
+
+@triton.jit
+def tile_matmul(
+    acc,
+    x_rows,
+    row_mask,
+    w_ptr,
+    w_sk,
+    w_sn,
+    n_offs,
+    n_mask,
+    K,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """acc [BB, BN] += x[rows, :K] @ w[:K, n_offs], reading both operands from global memory.
+
+    ``x_rows`` [BB] points at the first element of each row of x (row-major, unit column stride);
+    w's element (k, n) lives at ``w_ptr + k * w_sk + n * w_sn``, so a row-major W [N, K] used as W^T
+    passes (w_sk, w_sn) = (1, K) and a row-major W [K, N] passes (N, 1).
+    """
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        k_mask = ks < K
+        x = tl.load(x_rows[:, None] + ks[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)  # [BB, BK]
+        w = tl.load(
+            w_ptr + ks[:, None] * w_sk + n_offs[None, :] * w_sn,
+            mask=k_mask[:, None] & n_mask[None, :],
+            other=0.0,
+        )  # [BK, BN]
+        acc += dot(x, w, DOT_FP32)
+    return acc
+
+
+@triton.jit
+def batch_rows(pid, B, len_ptr, T, HAS_LEN: tl.constexpr, BB: tl.constexpr):
+    """Rows of batch tile ``pid`` (int64), their mask, and each row's valid length (T without lengths)."""
+    rows = pid.to(tl.int64) * BB + tl.arange(0, BB)
+    row_mask = rows < B
+    if HAS_LEN:
+        lens = tl.load(len_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+    else:
+        lens = tl.zeros([BB], tl.int64) + T
+    return rows, row_mask, lens
+
+
+@triton.jit
+def step_time(s, T, REVERSE: tl.constexpr):
+    """Time index of the s-th step of a direction (s counts 0..T-1 in processing order)."""
+    if REVERSE:
+        t = T - 1 - s
+    else:
+        t = s
+    return t
+
+
+@triton.jit
+def step_time_bwd(s, T, REVERSE: tl.constexpr):
+    """Time index of the s-th step of a direction's backward pass (the forward order, reversed)."""
+    if REVERSE:
+        t = s
+    else:
+        t = T - 1 - s
+    return t
+
+
+@triton.jit
+def emit_h(t, h_new, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, P, REVERSE: tl.constexpr):
+    """Write one [BB, BN] tile of a step's hidden state: hs[t_out] (frozen rows keep hs[t_in]) and y[t]
+    (zero on frozen rows). hs is [T+1, B, P] fp32, h before step t at hs[t + REVERSE], after at
+    hs[t + 1 - REVERSE]; y is [T, B, P]."""
+    mask = row_mask[:, None] & col_mask[None, :]
+    live2 = live[:, None]
+    h_in = hs_ptr + ((t + REVERSE) * B + rows)[:, None] * P + cols[None, :]
+    h_out = hs_ptr + ((t + 1 - REVERSE) * B + rows)[:, None] * P + cols[None, :]
+    h_prev = tl.load(h_in, mask=mask, other=0.0)  # [BB, BN]
+    tl.store(h_out, tl.where(live2, h_new, h_prev), mask=mask)
+    y_out = y_ptr + (t * B + rows)[:, None] * P + cols[None, :]
+    tl.store(y_out, tl.where(live2, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def load_dh(t, cols, col_mask, rows, row_mask, live, dy_ptr, dh_ptr, B, P):
+    """Total gradient of a step's output tile [BB, BN]: the carried dh [B, P] plus dy[t] on live rows."""
+    mask = row_mask[:, None] & col_mask[None, :]
+    dh = tl.load(dh_ptr + rows[:, None] * P + cols[None, :], mask=mask, other=0.0)
+    dy = tl.load(dy_ptr + (t * B + rows)[:, None] * P + cols[None, :], mask=mask & live[:, None], other=0.0).to(
+        tl.float32
+    )
+    return dh + dy
+
+
+@triton.jit
+def dh_recur_step(
+    t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, G, P, BP: tl.constexpr, BK: tl.constexpr, DOT_FP32: tl.constexpr
+):
+    """dh[:, p-tile] += dG_t @ W_hh[:, p-tile]: the recurrent part of dh_{t-1}, for one [BB, BP] tile.
+
+    dg is the [T, B, G] fp32 gate-gradient buffer (zero on frozen rows), W_hh is [G, P] row-major.
+    """
+    cols = p0 + tl.arange(0, BP)
+    col_mask = cols < P
+    mask = row_mask[:, None] & col_mask[None, :]
+    offs = rows[:, None] * P + cols[None, :]
+    acc = tl.load(dh_ptr + offs, mask=mask, other=0.0)  # [BB, BP]
+    acc = tile_matmul(acc, dg_ptr + (t * B + rows) * G, row_mask, w_ptr, P, 1, cols, col_mask, G, BK, DOT_FP32)
+    tl.store(dh_ptr + offs, acc, mask=mask)

@@ -1,0 +1,223 @@
+"""GRU recurrence kernels: the step body, the forward kernel and the backward kernel.
+
+Glossary:
+    T time, B batch, H hidden (h is [B, H]), G = 3H (gates r, z, n)
+    BB batch rows per program, BH hidden units per tile, BK reduction chunk (all >= 16)
+    gx     [T, B, G]    input projection x W_ih^T + b_ih (input dtype); b_hh stays apart
+    w      [G, H]       W_hh in the matmul dtype;  b [G] fp32 b_hh (optional)
+    hs     [T+1, B, H]  fp32 hidden states: h before step t at hs[t + REVERSE], after it at hs[t + 1 - REVERSE]
+    gates  [T, B, 4H]   fp32 saved for the backward: r, z, n and hn = h_{t-1} W_hn^T + b_hn
+    y      [T, B, H]    output (input dtype), zero where t >= lengths[b]
+    dy     [T, B, H]    upstream output gradient;  dh [B, H] fp32 carried gradient
+    dgx    [T, B, G]    gradient of gx (input dtype)
+    dgh    [T, B, G]    fp32 gradient of the recurrent pre-activations h W_hh^T + b_hh
+
+Design as in lstm.py: one program per batch tile runs the whole sequence with a block barrier between the
+phases of a step; the step bodies handle one [BB, BH] tile of one step.
+
+Forward, per step t (torch's semantics):  gh = h_{t-1} W_hh^T + b_hh;  r = sigmoid(x_r + gh_r);
+    z = sigmoid(x_z + gh_z);  n = tanh(x_n + r hn) with hn = gh_n;  h_t = n + z (h_{t-1} - n).
+Backward, per step (reverse order), dh = dy_t + carried dh:
+    dn = dh (1-z) (1-n^2);  dz = dh (h_{t-1} - n) z(1-z);  dr = dn hn r(1-r);
+    dgx = [dr, dz, dn];  dgh = [dr, dz, dn r];  dh_{t-1} = dh z + dgh W_hh.
+Frozen rows (t >= lengths[b]) pass dh through and get zero gate gradients. dW_hh = sum_t dgh_t^T h_{t-1}
+(one GEMM) and db_hh = sum dgh are computed in the launcher. Saving r, z, n, hn (4H floats per row and
+step, plus the states) trades memory for not recomputing the recurrent GEMM in the backward.
+"""
+
+import triton
+import triton.language as tl
+from fastrnn.kernels.common import (
+    batch_rows,
+    dh_recur_step,
+    emit_h,
+    load_dh,
+    sigmoid,
+    step_time,
+    step_time_bwd,
+    tanh,
+    tile_matmul,
+)
+
+
+@triton.jit
+def gru_fwd_step(
+    t,
+    j0,
+    rows,
+    row_mask,
+    live,
+    gx_ptr,
+    w_ptr,
+    b_ptr,
+    hs_ptr,
+    gates_ptr,
+    y_ptr,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t."""
+    cols = j0 + tl.arange(0, BH)
+    col_mask = cols < H
+    mask = row_mask[:, None] & col_mask[None, :]
+    G = 3 * H
+    h_rows = hs_ptr + ((t + REVERSE) * B + rows) * H  # [BB]
+    g_offs = (t * B + rows)[:, None] * G + cols[None, :]  # [BB, BH]
+    a_r = tl.load(gx_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
+    a_z = tl.load(gx_ptr + g_offs + H, mask=mask, other=0.0).to(tl.float32)
+    x_n = tl.load(gx_ptr + g_offs + 2 * H, mask=mask, other=0.0).to(tl.float32)
+    hn = tl.zeros([BB, BH], tl.float32)
+    a_r = tile_matmul(a_r, h_rows, row_mask, w_ptr, 1, H, cols, col_mask, H, BK, DOT_FP32)
+    a_z = tile_matmul(a_z, h_rows, row_mask, w_ptr + H * H, 1, H, cols, col_mask, H, BK, DOT_FP32)
+    hn = tile_matmul(hn, h_rows, row_mask, w_ptr + 2 * H * H, 1, H, cols, col_mask, H, BK, DOT_FP32)
+    if HAS_BIAS:
+        a_r += tl.load(b_ptr + cols, mask=col_mask, other=0.0)[None, :]
+        a_z += tl.load(b_ptr + H + cols, mask=col_mask, other=0.0)[None, :]
+        hn += tl.load(b_ptr + 2 * H + cols, mask=col_mask, other=0.0)[None, :]
+    r = sigmoid(a_r)  # [BB, BH]
+    z = sigmoid(a_z)
+    n = tanh(x_n + r * hn)
+    h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=mask, other=0.0)  # [BB, BH]
+    h = n + z * (h_prev - n)
+    s_offs = (t * B + rows)[:, None] * (4 * H) + cols[None, :]
+    tl.store(gates_ptr + s_offs, r, mask=mask)
+    tl.store(gates_ptr + s_offs + H, z, mask=mask)
+    tl.store(gates_ptr + s_offs + 2 * H, n, mask=mask)
+    tl.store(gates_ptr + s_offs + 3 * H, hn, mask=mask)
+    emit_h(t, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, H, REVERSE)
+
+
+@triton.jit(do_not_specialize=["T"])
+def gru_fwd_kernel(
+    gx_ptr,
+    w_ptr,
+    b_ptr,
+    len_ptr,
+    hs_ptr,
+    gates_ptr,
+    y_ptr,
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence GRU forward for one batch tile. hs[T or 0] holds h0 on entry."""
+    rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
+    for s in range(0, T):
+        t = step_time(s, T, REVERSE)
+        live = t < lens  # [BB]
+        for j0 in range(0, H, BH):
+            gru_fwd_step(
+                t,
+                j0,
+                rows,
+                row_mask,
+                live,
+                gx_ptr,
+                w_ptr,
+                b_ptr,
+                hs_ptr,
+                gates_ptr,
+                y_ptr,
+                B,
+                H,
+                REVERSE,
+                HAS_BIAS,
+                BB,
+                BH,
+                BK,
+                DOT_FP32,
+            )
+        tl.debug_barrier()
+
+
+@triton.jit
+def gru_bwd_step(
+    t,
+    j0,
+    rows,
+    row_mask,
+    live,
+    dy_ptr,
+    dh_ptr,
+    dgx_ptr,
+    dgh_ptr,
+    gates_ptr,
+    hs_ptr,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    BH: tl.constexpr,
+):
+    """One [BB, BH] tile of backward step t: gate gradients dgx[t], dgh[t] and the direct dh carry."""
+    cols = j0 + tl.arange(0, BH)
+    col_mask = cols < H
+    mask = row_mask[:, None] & col_mask[None, :]
+    live2 = live[:, None]
+    G = 3 * H
+    dh = load_dh(t, cols, col_mask, rows, row_mask, live, dy_ptr, dh_ptr, B, H)  # [BB, BH]
+    s_offs = (t * B + rows)[:, None] * (4 * H) + cols[None, :]
+    r = tl.load(gates_ptr + s_offs, mask=mask, other=0.0)
+    z = tl.load(gates_ptr + s_offs + H, mask=mask, other=0.0)
+    n = tl.load(gates_ptr + s_offs + 2 * H, mask=mask, other=0.0)
+    hn = tl.load(gates_ptr + s_offs + 3 * H, mask=mask, other=0.0)
+    h_prev = tl.load(hs_ptr + ((t + REVERSE) * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
+    dn = tl.where(live2, dh * (1 - z) * (1 - n * n), 0.0)
+    dz = tl.where(live2, dh * (h_prev - n) * z * (1 - z), 0.0)
+    dr = dn * hn * r * (1 - r)
+    g_offs = (t * B + rows)[:, None] * G + cols[None, :]
+    out_ty = dgx_ptr.dtype.element_ty
+    tl.store(dgx_ptr + g_offs, dr.to(out_ty), mask=mask)
+    tl.store(dgx_ptr + g_offs + H, dz.to(out_ty), mask=mask)
+    tl.store(dgx_ptr + g_offs + 2 * H, dn.to(out_ty), mask=mask)
+    tl.store(dgh_ptr + g_offs, dr, mask=mask)
+    tl.store(dgh_ptr + g_offs + H, dz, mask=mask)
+    tl.store(dgh_ptr + g_offs + 2 * H, dn * r, mask=mask)
+    tl.store(dh_ptr + rows[:, None] * H + cols[None, :], tl.where(live2, dh * z, dh), mask=mask)
+
+
+@triton.jit(do_not_specialize=["T"])
+def gru_bwd_kernel(
+    dy_ptr,
+    gates_ptr,
+    hs_ptr,
+    w_ptr,
+    len_ptr,
+    dh_ptr,
+    dgx_ptr,
+    dgh_ptr,
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence GRU backward for one batch tile. dh holds dh_n on entry, dh0 on exit."""
+    rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
+    for s in range(0, T):
+        t = step_time_bwd(s, T, REVERSE)
+        live = t < lens  # [BB]
+        for j0 in range(0, H, BH):
+            gru_bwd_step(
+                t, j0, rows, row_mask, live, dy_ptr, dh_ptr, dgx_ptr, dgh_ptr, gates_ptr, hs_ptr, B, H, REVERSE, BH
+            )
+        tl.debug_barrier()
+        for p0 in range(0, H, BH):
+            dh_recur_step(t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, BH, BK, DOT_FP32)
+        tl.debug_barrier()

@@ -1,0 +1,158 @@
+"""Elman RNN (tanh / relu) recurrence kernels: the step body, the forward kernel and the backward kernel.
+
+Glossary:
+    T time, B batch, H hidden (h is [B, H]), G = H
+    BB batch rows per program, BH hidden units per tile, BK reduction chunk (all >= 16)
+    ACT    0 for tanh, 1 for relu
+    gx     [T, B, H]    input projection with both biases (input dtype)
+    w      [H, H]       W_hh in the matmul dtype
+    hs     [T+1, B, H]  fp32 hidden states: h before step t at hs[t + REVERSE], after it at hs[t + 1 - REVERSE]
+    y      [T, B, H]    output (input dtype), zero where t >= lengths[b]
+    dy     [T, B, H]    upstream output gradient;  dh [B, H] fp32 carried gradient
+    dg     [T, B, H]    fp32 gradient of the pre-activation
+
+Design as in lstm.py. Forward: h_t = act(gx_t + h_{t-1} W_hh^T). Backward: da = dh act'(h_t), with
+tanh' = 1 - h_t^2 and relu' = [h_t > 0], both read off the saved state, so nothing beyond the states is
+saved; dh_{t-1} = da W_hh. Frozen rows pass dh through. dW_hh = sum_t da_t^T h_{t-1} in the launcher.
+"""
+
+import triton
+import triton.language as tl
+from fastrnn.kernels.common import (
+    batch_rows,
+    dh_recur_step,
+    emit_h,
+    load_dh,
+    step_time,
+    step_time_bwd,
+    tanh,
+    tile_matmul,
+)
+
+
+@triton.jit
+def rnn_fwd_step(
+    t,
+    j0,
+    rows,
+    row_mask,
+    live,
+    gx_ptr,
+    w_ptr,
+    hs_ptr,
+    y_ptr,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    ACT: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t."""
+    cols = j0 + tl.arange(0, BH)
+    col_mask = cols < H
+    mask = row_mask[:, None] & col_mask[None, :]
+    h_rows = hs_ptr + ((t + REVERSE) * B + rows) * H  # [BB]
+    a = tl.load(gx_ptr + (t * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    a = tile_matmul(a, h_rows, row_mask, w_ptr, 1, H, cols, col_mask, H, BK, DOT_FP32)  # [BB, BH]
+    if ACT == 0:
+        h = tanh(a)
+    else:
+        h = tl.maximum(a, 0.0)
+    emit_h(t, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, H, REVERSE)
+
+
+@triton.jit(do_not_specialize=["T"])
+def rnn_fwd_kernel(
+    gx_ptr,
+    w_ptr,
+    len_ptr,
+    hs_ptr,
+    y_ptr,
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    ACT: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence RNN forward for one batch tile. hs[T or 0] holds h0 on entry."""
+    rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
+    for s in range(0, T):
+        t = step_time(s, T, REVERSE)
+        live = t < lens  # [BB]
+        for j0 in range(0, H, BH):
+            rnn_fwd_step(
+                t, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, y_ptr, B, H, REVERSE, ACT, BH, BK, DOT_FP32
+            )
+        tl.debug_barrier()
+
+
+@triton.jit
+def rnn_bwd_step(
+    t,
+    j0,
+    rows,
+    row_mask,
+    live,
+    dy_ptr,
+    dh_ptr,
+    dg_ptr,
+    hs_ptr,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    ACT: tl.constexpr,
+    BH: tl.constexpr,
+):
+    """One [BB, BH] tile of backward step t: the pre-activation gradient dg[t] and the dh carry."""
+    cols = j0 + tl.arange(0, BH)
+    col_mask = cols < H
+    mask = row_mask[:, None] & col_mask[None, :]
+    live2 = live[:, None]
+    dh = load_dh(t, cols, col_mask, rows, row_mask, live, dy_ptr, dh_ptr, B, H)  # [BB, BH]
+    h = tl.load(hs_ptr + ((t + 1 - REVERSE) * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
+    if ACT == 0:
+        da = dh * (1 - h * h)
+    else:
+        da = tl.where(h > 0, dh, 0.0)
+    offs = (t * B + rows)[:, None] * H + cols[None, :]
+    tl.store(dg_ptr + offs, tl.where(live2, da, 0.0), mask=mask)
+    tl.store(dh_ptr + rows[:, None] * H + cols[None, :], tl.where(live2, 0.0, dh), mask=mask)
+
+
+@triton.jit(do_not_specialize=["T"])
+def rnn_bwd_kernel(
+    dy_ptr,
+    hs_ptr,
+    w_ptr,
+    len_ptr,
+    dh_ptr,
+    dg_ptr,
+    T,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    ACT: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence RNN backward for one batch tile. dh holds dh_n on entry, dh0 on exit."""
+    rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
+    for s in range(0, T):
+        t = step_time_bwd(s, T, REVERSE)
+        live = t < lens  # [BB]
+        for j0 in range(0, H, BH):
+            rnn_bwd_step(t, j0, rows, row_mask, live, dy_ptr, dh_ptr, dg_ptr, hs_ptr, B, H, REVERSE, ACT, BH)
+        tl.debug_barrier()
+        for p0 in range(0, H, BH):
+            dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, H, H, BH, BK, DOT_FP32)
+        tl.debug_barrier()
