@@ -1,0 +1,113 @@
+"""GRU recurrence: launchers for kernels/gru.py and the ``fastrnn::gru`` / ``fastrnn::gru_backward`` ops.
+
+Memory: the forward saves, per step, fp32 r, z, n and hn = h W_hn^T + b_hn (4H) and the fp32 hidden state
+(H), i.e. 5H * 4 bytes per batch row and step; the backward never recomputes the recurrent GEMM. The
+backward allocates dgx (input dtype) and the fp32 recurrent-side gradient dgh (3H per row and step).
+"""
+
+import torch
+from torch import Tensor
+
+from fastrnn.kernels import gru as gru_kernels
+from fastrnn.ops import _launch as L
+
+
+@torch.library.custom_op("fastrnn::gru", mutates_args=())
+def gru(
+    gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None, reverse: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """GRU over one direction. Returns (y, h_n, gates, hs); gates [T, B, 4H] (r, z, n, hn) and hs
+    [T+1, B, H] are saved for the backward."""
+    L.check_device(gx)
+    T, B, G = gx.shape
+    H = G // 3
+    dev = gx.device
+    mm = L.matmul_dtype(gx.dtype)
+    gx = gx.contiguous()
+    w = w_hh.to(mm).contiguous()
+    b = w if b_hh is None else b_hh.to(torch.float32).contiguous()
+    hs = L.state_buffer(h0, T, reverse)
+    gates = torch.empty((T, B, 4 * H), dtype=torch.float32, device=dev)
+    y = torch.empty((T, B, H), dtype=gx.dtype, device=dev)
+    if T > 0 and B > 0:
+        L.count("gru_fwd")
+        gru_kernels.gru_fwd_kernel[L.grid(B)](
+            gx, w, b, gx if lengths is None else lengths, hs, gates, y, T, B, H,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_BIAS=b_hh is not None,
+            BB=L.BLOCK_B, BH=L.block(H), BK=L.block(H), DOT_FP32=L.dot_fp32(mm),
+        )  # fmt: skip
+    return y, L.final_state(hs, reverse, gx.dtype), gates, hs
+
+
+@gru.register_fake
+def _(gx, h0, w_hh, b_hh, lengths, reverse):
+    T, B, G = gx.shape
+    H = G // 3
+    f32 = {"dtype": torch.float32, "device": gx.device}
+    return (
+        gx.new_empty((T, B, H)),
+        gx.new_empty((B, H)),
+        torch.empty((T, B, 4 * H), **f32),
+        torch.empty((T + 1, B, H), **f32),
+    )
+
+
+@torch.library.custom_op("fastrnn::gru_backward", mutates_args=())
+def gru_backward(
+    dy: Tensor, dh_n: Tensor, gates: Tensor, hs: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of :func:`gru`: (dgx in dy's dtype, then fp32 dh0, dw_hh, db_hh)."""
+    L.check_device(dy)
+    T, B, H = dy.shape
+    dev = dy.device
+    mm = L.matmul_dtype(dy.dtype)
+    dy = dy.contiguous()
+    w = w_hh.to(mm).contiguous()
+    dh = L.carried_grad(dh_n, (B, H), dev)
+    dgx = torch.empty((T, B, 3 * H), dtype=dy.dtype, device=dev)
+    dgh = torch.empty((T, B, 3 * H), dtype=torch.float32, device=dev)
+    if T > 0 and B > 0:
+        L.count("gru_bwd")
+        gru_kernels.gru_bwd_kernel[L.grid(B)](
+            dy, gates, hs, w, dy if lengths is None else lengths, dh, dgx, dgh, T, B, H,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None,
+            BB=L.BLOCK_B, BH=L.block(H), BK=L.block(H), DOT_FP32=L.dot_fp32(mm),
+        )  # fmt: skip
+    dw_hh = L.weight_grad(dgh, L.prev_states(hs, reverse))
+    db_hh = dgh.sum(dim=(0, 1))
+    return dgx, dh, dw_hh, db_hh
+
+
+@gru_backward.register_fake
+def _(dy, dh_n, gates, hs, w_hh, lengths, reverse):
+    T, B, H = dy.shape
+    f32 = {"dtype": torch.float32, "device": dy.device}
+    return (
+        dy.new_empty((T, B, 3 * H)),
+        torch.empty((B, H), **f32),
+        torch.empty((3 * H, H), **f32),
+        torch.empty((3 * H,), **f32),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    gx, h0, w_hh, b_hh, lengths, reverse = inputs
+    _, _, gates, hs = output
+    ctx.save_for_backward(gates, hs, w_hh, lengths)
+    ctx.reverse = reverse
+    ctx.dtypes = (gx.dtype, h0.dtype, None if b_hh is None else b_hh.dtype)
+
+
+def _backward(ctx, dy, dh_n, *_):
+    gates, hs, w_hh, lengths = ctx.saved_tensors
+    gx_dtype, h0_dtype, b_dtype = ctx.dtypes
+    if dy is None:
+        dy = torch.zeros((gates.shape[0], *hs.shape[1:]), dtype=gx_dtype, device=gates.device)
+    if dh_n is None:
+        dh_n = torch.zeros(hs.shape[1:], dtype=torch.float32, device=gates.device)
+    dgx, dh0, dw_hh, db_hh = gru_backward(dy, dh_n, gates, hs, w_hh, lengths, ctx.reverse)
+    db = None if b_dtype is None else db_hh.to(b_dtype)
+    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), db, None, None
+
+
+gru.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,99 @@
+"""Elman RNN recurrence: launchers for kernels/rnn.py and the ``fastrnn::rnn`` / ``fastrnn::rnn_backward`` ops.
+
+Memory: the forward saves only the fp32 hidden states [T+1, B, H] (the activation's derivative is read off
+h_t); the backward allocates the fp32 pre-activation gradient [T, B, H] (reused as dgx for fp32 inputs).
+"""
+
+import torch
+from torch import Tensor
+
+from fastrnn.kernels import rnn as rnn_kernels
+from fastrnn.ops import _launch as L
+
+#: nonlinearity name -> the kernels' ACT code
+ACTIVATIONS = {"tanh": 0, "relu": 1}
+
+
+@torch.library.custom_op("fastrnn::rnn", mutates_args=())
+def rnn(
+    gx: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool, nonlinearity: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Elman RNN over one direction. Returns (y, h_n, hs); hs [T+1, B, H] is saved for the backward."""
+    L.check_device(gx)
+    T, B, H = gx.shape
+    dev = gx.device
+    mm = L.matmul_dtype(gx.dtype)
+    gx = gx.contiguous()
+    w = w_hh.to(mm).contiguous()
+    hs = L.state_buffer(h0, T, reverse)
+    y = torch.empty((T, B, H), dtype=gx.dtype, device=dev)
+    if T > 0 and B > 0:
+        L.count("rnn_fwd")
+        rnn_kernels.rnn_fwd_kernel[L.grid(B)](
+            gx, w, gx if lengths is None else lengths, hs, y, T, B, H,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, ACT=ACTIVATIONS[nonlinearity],
+            BB=L.BLOCK_B, BH=L.block(H), BK=L.block(H), DOT_FP32=L.dot_fp32(mm),
+        )  # fmt: skip
+    return y, L.final_state(hs, reverse, gx.dtype), hs
+
+
+@rnn.register_fake
+def _(gx, h0, w_hh, lengths, reverse, nonlinearity):
+    T, B, H = gx.shape
+    return (
+        gx.new_empty((T, B, H)),
+        gx.new_empty((B, H)),
+        torch.empty((T + 1, B, H), dtype=torch.float32, device=gx.device),
+    )
+
+
+@torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
+def rnn_backward(
+    dy: Tensor, dh_n: Tensor, hs: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool, nonlinearity: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`rnn`: (dgx in dy's dtype, then fp32 dh0, dw_hh)."""
+    L.check_device(dy)
+    T, B, H = dy.shape
+    dev = dy.device
+    mm = L.matmul_dtype(dy.dtype)
+    dy = dy.contiguous()
+    w = w_hh.to(mm).contiguous()
+    dh = L.carried_grad(dh_n, (B, H), dev)
+    dg = torch.empty((T, B, H), dtype=torch.float32, device=dev)
+    if T > 0 and B > 0:
+        L.count("rnn_bwd")
+        rnn_kernels.rnn_bwd_kernel[L.grid(B)](
+            dy, hs, w, dy if lengths is None else lengths, dh, dg, T, B, H,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, ACT=ACTIVATIONS[nonlinearity],
+            BB=L.BLOCK_B, BH=L.block(H), BK=L.block(H), DOT_FP32=L.dot_fp32(mm),
+        )  # fmt: skip
+    dw_hh = L.weight_grad(dg, L.prev_states(hs, reverse))
+    return dg.to(dy.dtype, copy=True), dh, dw_hh
+
+
+@rnn_backward.register_fake
+def _(dy, dh_n, hs, w_hh, lengths, reverse, nonlinearity):
+    T, B, H = dy.shape
+    f32 = {"dtype": torch.float32, "device": dy.device}
+    return dy.new_empty((T, B, H)), torch.empty((B, H), **f32), torch.empty((H, H), **f32)
+
+
+def _setup_context(ctx, inputs, output):
+    gx, h0, w_hh, lengths, reverse, nonlinearity = inputs
+    ctx.save_for_backward(output[2], w_hh, lengths)
+    ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
+    ctx.dtypes = (gx.dtype, h0.dtype)
+
+
+def _backward(ctx, dy, dh_n, *_):
+    hs, w_hh, lengths = ctx.saved_tensors
+    gx_dtype, h0_dtype = ctx.dtypes
+    if dy is None:
+        dy = torch.zeros((hs.shape[0] - 1, *hs.shape[1:]), dtype=gx_dtype, device=hs.device)
+    if dh_n is None:
+        dh_n = torch.zeros(hs.shape[1:], dtype=torch.float32, device=hs.device)
+    dgx, dh0, dw_hh = rnn_backward(dy, dh_n, hs, w_hh, lengths, ctx.reverse, ctx.nonlinearity)
+    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), None, None, None
+
+
+rnn.register_autograd(_backward, setup_context=_setup_context)
