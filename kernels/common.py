@@ -102,14 +102,28 @@ def step_time_bwd(s, T, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def emit_h(t, h_new, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, P, REVERSE: tl.constexpr):
-    """Write one [BB, BN] tile of a step's hidden state: hs[t_out] (frozen rows keep hs[t_in]) and y[t]
-    (zero on frozen rows). hs is [T+1, B, P] fp32, h before step t at hs[t + REVERSE], after at
-    hs[t + 1 - REVERSE]; y is [T, B, P]."""
+def state_slots(t, REVERSE: tl.constexpr, SAVE: tl.constexpr):
+    """Slots of a [slots, B, N] state buffer that step t reads (before) and writes (after).
+
+    SAVE: the buffer keeps every state, [T+1, B, N], the state before step t at t + REVERSE and after it at
+    t + 1 - REVERSE (what the backward reads). Otherwise it is a [2, B, N] ping-pong buffer (inference).
+    """
+    s_in = t + REVERSE
+    s_out = t + 1 - REVERSE
+    if not SAVE:
+        s_in = s_in % 2
+        s_out = s_out % 2
+    return s_in, s_out
+
+
+@triton.jit
+def emit_h(t, s_in, s_out, h_new, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, P):
+    """Write one [BB, BN] tile of a step's hidden state: hs[s_out] (frozen rows keep hs[s_in]) and y[t]
+    (zero on frozen rows). hs is the fp32 state buffer (see state_slots), y is [T, B, P]."""
     mask = row_mask[:, None] & col_mask[None, :]
     live2 = live[:, None]
-    h_in = hs_ptr + ((t + REVERSE) * B + rows)[:, None] * P + cols[None, :]
-    h_out = hs_ptr + ((t + 1 - REVERSE) * B + rows)[:, None] * P + cols[None, :]
+    h_in = hs_ptr + (s_in * B + rows)[:, None] * P + cols[None, :]
+    h_out = hs_ptr + (s_out * B + rows)[:, None] * P + cols[None, :]
     h_prev = tl.load(h_in, mask=mask, other=0.0)  # [BB, BN]
     tl.store(h_out, tl.where(live2, h_new, h_prev), mask=mask)
     y_out = y_ptr + (t * B + rows)[:, None] * P + cols[None, :]

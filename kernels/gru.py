@@ -6,7 +6,8 @@ Glossary:
     gx     [T, B, G]    input projection x W_ih^T + b_ih (input dtype); b_hh stays apart
     w      [G, H]       W_hh in the matmul dtype;  b [G] fp32 b_hh (optional)
     hs     [T+1, B, H]  fp32 hidden states: h before step t at hs[t + REVERSE], after it at hs[t + 1 - REVERSE]
-    gates  [T, B, 4H]   fp32 saved for the backward: r, z, n and hn = h_{t-1} W_hn^T + b_hn
+                        ([2, B, H] ping-pong without SAVE, see common.state_slots)
+    gates  [T, B, 4H]   fp32 saved for the backward (SAVE only): r, z, n and hn = h_{t-1} W_hn^T + b_hn
     y      [T, B, H]    output (input dtype), zero where t >= lengths[b]
     dy     [T, B, H]    upstream output gradient;  dh [B, H] fp32 carried gradient
     dgx    [T, B, G]    gradient of gx (input dtype)
@@ -33,6 +34,7 @@ from fastrnn.kernels.common import (
     emit_h,
     load_dh,
     sigmoid,
+    state_slots,
     step_time,
     step_time_bwd,
     tanh,
@@ -43,6 +45,8 @@ from fastrnn.kernels.common import (
 @triton.jit
 def gru_fwd_step(
     t,
+    s_in,
+    s_out,
     j0,
     rows,
     row_mask,
@@ -55,19 +59,20 @@ def gru_fwd_step(
     y_ptr,
     B,
     H,
-    REVERSE: tl.constexpr,
+    SAVE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t."""
+    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t, reading state slot s_in and writing
+    s_out (see state_slots)."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
     G = 3 * H
-    h_rows = hs_ptr + ((t + REVERSE) * B + rows) * H  # [BB]
+    h_rows = hs_ptr + (s_in * B + rows) * H  # [BB]
     g_offs = (t * B + rows)[:, None] * G + cols[None, :]  # [BB, BH]
     a_r = tl.load(gx_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
     a_z = tl.load(gx_ptr + g_offs + H, mask=mask, other=0.0).to(tl.float32)
@@ -86,11 +91,12 @@ def gru_fwd_step(
     h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=mask, other=0.0)  # [BB, BH]
     h = n + z * (h_prev - n)
     s_offs = (t * B + rows)[:, None] * (4 * H) + cols[None, :]
-    tl.store(gates_ptr + s_offs, r, mask=mask)
-    tl.store(gates_ptr + s_offs + H, z, mask=mask)
-    tl.store(gates_ptr + s_offs + 2 * H, n, mask=mask)
-    tl.store(gates_ptr + s_offs + 3 * H, hn, mask=mask)
-    emit_h(t, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, H, REVERSE)
+    if SAVE:
+        tl.store(gates_ptr + s_offs, r, mask=mask)
+        tl.store(gates_ptr + s_offs + H, z, mask=mask)
+        tl.store(gates_ptr + s_offs + 2 * H, n, mask=mask)
+        tl.store(gates_ptr + s_offs + 3 * H, hn, mask=mask)
+    emit_h(t, s_in, s_out, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, H)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -108,19 +114,24 @@ def gru_fwd_kernel(
     REVERSE: tl.constexpr,
     HAS_LEN: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    SAVE: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """Whole-sequence GRU forward for one batch tile. hs[T or 0] holds h0 on entry."""
+    """Whole-sequence GRU forward for one batch tile. The first slot read (state_slots) of hs holds h0 on
+    entry. SAVE: keep every state and the gates for the backward; else ping-pong states, no gates."""
     rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
     for s in range(0, T):
         t = step_time(s, T, REVERSE)
+        s_in, s_out = state_slots(t, REVERSE, SAVE)
         live = t < lens  # [BB]
         for j0 in range(0, H, BH):
             gru_fwd_step(
                 t,
+                s_in,
+                s_out,
                 j0,
                 rows,
                 row_mask,
@@ -133,7 +144,7 @@ def gru_fwd_kernel(
                 y_ptr,
                 B,
                 H,
-                REVERSE,
+                SAVE,
                 HAS_BIAS,
                 BB,
                 BH,
@@ -146,6 +157,7 @@ def gru_fwd_kernel(
 @triton.jit
 def gru_bwd_step(
     t,
+    s_in,
     j0,
     rows,
     row_mask,
@@ -158,10 +170,10 @@ def gru_bwd_step(
     hs_ptr,
     B,
     H,
-    REVERSE: tl.constexpr,
     BH: tl.constexpr,
 ):
-    """One [BB, BH] tile of backward step t: gate gradients dgx[t], dgh[t] and the direct dh carry."""
+    """One [BB, BH] tile of backward step t (state before it in hs[s_in]): gate gradients dgx[t], dgh[t]
+    and the direct dh carry."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
@@ -173,7 +185,7 @@ def gru_bwd_step(
     z = tl.load(gates_ptr + s_offs + H, mask=mask, other=0.0)
     n = tl.load(gates_ptr + s_offs + 2 * H, mask=mask, other=0.0)
     hn = tl.load(gates_ptr + s_offs + 3 * H, mask=mask, other=0.0)
-    h_prev = tl.load(hs_ptr + ((t + REVERSE) * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
+    h_prev = tl.load(hs_ptr + (s_in * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
     dn = tl.where(live2, dh * (1 - z) * (1 - n * n), 0.0)
     dz = tl.where(live2, dh * (h_prev - n) * z * (1 - z), 0.0)
     dr = dn * hn * r * (1 - r)
@@ -212,10 +224,11 @@ def gru_bwd_kernel(
     rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
     for s in range(0, T):
         t = step_time_bwd(s, T, REVERSE)
+        s_in, _ = state_slots(t, REVERSE, True)
         live = t < lens  # [BB]
         for j0 in range(0, H, BH):
             gru_bwd_step(
-                t, j0, rows, row_mask, live, dy_ptr, dh_ptr, dgx_ptr, dgh_ptr, gates_ptr, hs_ptr, B, H, REVERSE, BH
+                t, s_in, j0, rows, row_mask, live, dy_ptr, dh_ptr, dgx_ptr, dgh_ptr, gates_ptr, hs_ptr, B, H, BH
             )
         tl.debug_barrier()
         for p0 in range(0, H, BH):

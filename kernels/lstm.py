@@ -6,9 +6,10 @@ Glossary:
     gx     [T, B, G]    input projection with both biases (input dtype)
     w      [G, P]       W_hh in the matmul dtype;  w_hr [P, H] projection weight (proj_size only)
     hs     [T+1, B, P]  fp32 hidden states: h before step t at hs[t + REVERSE], after it at hs[t + 1 - REVERSE]
+                        ([2, B, P] ping-pong without SAVE, see common.state_slots)
     cs     [T+1, B, H]  fp32 cell states, indexed like hs
-    gates  [T, B, G]    fp32 activated gates (i, f, g, o), saved for the backward
-    ms     [T, B, H]    fp32 m = o * tanh(c) (proj_size only; h = m @ W_hr^T)
+    gates  [T, B, G]    fp32 activated gates (i, f, g, o), saved for the backward (SAVE only)
+    ms     [T, B, H]    fp32 m = o * tanh(c) (proj_size only; h = m @ W_hr^T; [1, B, H] without SAVE)
     y      [T, B, P]    output (input dtype), zero where t >= lengths[b]
     dy     [T, B, P]    upstream output gradient;  dh [B, P], dc [B, H] fp32 carried gradients
     dg     [T, B, G]    fp32 gradient of the gate pre-activations;  dhs [T, B, P] fp32 dL/dh_t (proj_size only)
@@ -36,6 +37,7 @@ from fastrnn.kernels.common import (
     emit_h,
     load_dh,
     sigmoid,
+    state_slots,
     step_time,
     step_time_bwd,
     tanh,
@@ -46,6 +48,9 @@ from fastrnn.kernels.common import (
 @triton.jit
 def lstm_fwd_step(
     t,
+    s_in,
+    s_out,
+    m_slot,
     j0,
     rows,
     row_mask,
@@ -60,19 +65,20 @@ def lstm_fwd_step(
     B,
     H,
     P,
-    REVERSE: tl.constexpr,
+    SAVE: tl.constexpr,
     HAS_PROJ: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t."""
+    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t, reading state slot s_in and writing
+    s_out (see state_slots); with proj_size m goes to ms[m_slot] for the projection phase."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
     live2 = live[:, None]
     G = 4 * H
-    h_rows = hs_ptr + ((t + REVERSE) * B + rows) * P  # [BB]
+    h_rows = hs_ptr + (s_in * B + rows) * P  # [BB]
     g_offs = (t * B + rows)[:, None] * G + cols[None, :]  # [BB, BH]
     a_i = tl.load(gx_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
     a_f = tl.load(gx_ptr + g_offs + H, mask=mask, other=0.0).to(tl.float32)
@@ -86,26 +92,30 @@ def lstm_fwd_step(
     f = sigmoid(a_f)
     g = tanh(a_g)
     o = sigmoid(a_o)
-    tl.store(gates_ptr + g_offs, i, mask=mask)
-    tl.store(gates_ptr + g_offs + H, f, mask=mask)
-    tl.store(gates_ptr + g_offs + 2 * H, g, mask=mask)
-    tl.store(gates_ptr + g_offs + 3 * H, o, mask=mask)
+    if SAVE:
+        tl.store(gates_ptr + g_offs, i, mask=mask)
+        tl.store(gates_ptr + g_offs + H, f, mask=mask)
+        tl.store(gates_ptr + g_offs + 2 * H, g, mask=mask)
+        tl.store(gates_ptr + g_offs + 3 * H, o, mask=mask)
 
-    c_in = cs_ptr + ((t + REVERSE) * B + rows)[:, None] * H + cols[None, :]
-    c_out = cs_ptr + ((t + 1 - REVERSE) * B + rows)[:, None] * H + cols[None, :]
+    c_in = cs_ptr + (s_in * B + rows)[:, None] * H + cols[None, :]
+    c_out = cs_ptr + (s_out * B + rows)[:, None] * H + cols[None, :]
     c_prev = tl.load(c_in, mask=mask, other=0.0)  # [BB, BH]
     c = f * c_prev + i * g
     tl.store(c_out, tl.where(live2, c, c_prev), mask=mask)
     m = o * tanh(c)
     if HAS_PROJ:
-        tl.store(ms_ptr + (t * B + rows)[:, None] * H + cols[None, :], m, mask=mask)
+        tl.store(ms_ptr + (m_slot * B + rows)[:, None] * H + cols[None, :], m, mask=mask)
     else:
-        emit_h(t, m, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, P, REVERSE)
+        emit_h(t, s_in, s_out, m, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, P)
 
 
 @triton.jit
 def lstm_proj_step(
     t,
+    s_in,
+    s_out,
+    m_slot,
     p0,
     rows,
     row_mask,
@@ -117,7 +127,6 @@ def lstm_proj_step(
     B,
     H,
     P,
-    REVERSE: tl.constexpr,
     BB: tl.constexpr,
     BP: tl.constexpr,
     BK: tl.constexpr,
@@ -127,8 +136,8 @@ def lstm_proj_step(
     cols = p0 + tl.arange(0, BP)
     col_mask = cols < P
     h = tl.zeros([BB, BP], tl.float32)
-    h = tile_matmul(h, ms_ptr + (t * B + rows) * H, row_mask, w_hr_ptr, 1, H, cols, col_mask, H, BK, DOT_FP32)
-    emit_h(t, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, P, REVERSE)
+    h = tile_matmul(h, ms_ptr + (m_slot * B + rows) * H, row_mask, w_hr_ptr, 1, H, cols, col_mask, H, BK, DOT_FP32)
+    emit_h(t, s_in, s_out, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, P)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -149,19 +158,26 @@ def lstm_fwd_kernel(
     REVERSE: tl.constexpr,
     HAS_LEN: tl.constexpr,
     HAS_PROJ: tl.constexpr,
+    SAVE: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """Whole-sequence LSTM forward for one batch tile. hs[T or 0] and cs likewise hold h0, c0 on entry."""
+    """Whole-sequence LSTM forward for one batch tile. The first slot read (state_slots) of hs and cs holds
+    h0, c0 on entry. SAVE: keep every state and the gates for the backward; else ping-pong states, no gates."""
     rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
     for s in range(0, T):
         t = step_time(s, T, REVERSE)
+        s_in, s_out = state_slots(t, REVERSE, SAVE)
+        m_slot = t if SAVE else 0
         live = t < lens  # [BB]
         for j0 in range(0, H, BH):
             lstm_fwd_step(
                 t,
+                s_in,
+                s_out,
+                m_slot,
                 j0,
                 rows,
                 row_mask,
@@ -176,7 +192,7 @@ def lstm_fwd_kernel(
                 B,
                 H,
                 P,
-                REVERSE,
+                SAVE,
                 HAS_PROJ,
                 BH,
                 BK,
@@ -186,8 +202,9 @@ def lstm_fwd_kernel(
         if HAS_PROJ:
             for p0 in range(0, P, BH):
                 lstm_proj_step(
-                    t, p0, rows, row_mask, live, ms_ptr, w_hr_ptr, hs_ptr, y_ptr, B, H, P, REVERSE, BB, BH, BK, DOT_FP32
-                )
+                    t, s_in, s_out, m_slot, p0, rows, row_mask, live, ms_ptr, w_hr_ptr, hs_ptr, y_ptr, B, H, P,
+                    BB, BH, BK, DOT_FP32,
+                )  # fmt: skip
             tl.debug_barrier()
 
 
@@ -207,6 +224,8 @@ def lstm_proj_bwd_step(t, p0, rows, row_mask, live, dy_ptr, dh_ptr, dhs_ptr, B, 
 @triton.jit
 def lstm_bwd_step(
     t,
+    s_in,
+    s_out,
     j0,
     rows,
     row_mask,
@@ -222,14 +241,14 @@ def lstm_bwd_step(
     B,
     H,
     P,
-    REVERSE: tl.constexpr,
     HAS_PROJ: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """One [BB, BH] tile of backward step t: gate gradients dg[t] and the dc carry."""
+    """One [BB, BH] tile of backward step t (states before/after it in cs[s_in], cs[s_out]): gate gradients
+    dg[t] and the dc carry."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
@@ -246,8 +265,8 @@ def lstm_bwd_step(
     f = tl.load(gates_ptr + g_offs + H, mask=mask, other=0.0)
     g = tl.load(gates_ptr + g_offs + 2 * H, mask=mask, other=0.0)
     o = tl.load(gates_ptr + g_offs + 3 * H, mask=mask, other=0.0)
-    c = tl.load(cs_ptr + ((t + 1 - REVERSE) * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
-    c_prev = tl.load(cs_ptr + ((t + REVERSE) * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
+    c = tl.load(cs_ptr + (s_out * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
+    c_prev = tl.load(cs_ptr + (s_in * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
     dc_offs = rows[:, None] * H + cols[None, :]
     dc_carry = tl.load(dc_ptr + dc_offs, mask=mask, other=0.0)
     tc = tanh(c)
@@ -287,6 +306,7 @@ def lstm_bwd_kernel(
     rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
     for s in range(0, T):
         t = step_time_bwd(s, T, REVERSE)
+        s_in, s_out = state_slots(t, REVERSE, True)
         live = t < lens  # [BB]
         if HAS_PROJ:
             for p0 in range(0, P, BH):
@@ -295,6 +315,8 @@ def lstm_bwd_kernel(
         for j0 in range(0, H, BH):
             lstm_bwd_step(
                 t,
+                s_in,
+                s_out,
                 j0,
                 rows,
                 row_mask,
@@ -310,7 +332,6 @@ def lstm_bwd_kernel(
                 B,
                 H,
                 P,
-                REVERSE,
                 HAS_PROJ,
                 BB,
                 BH,

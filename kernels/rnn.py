@@ -7,6 +7,7 @@ Glossary:
     gx     [T, B, H]    input projection with both biases (input dtype)
     w      [H, H]       W_hh in the matmul dtype
     hs     [T+1, B, H]  fp32 hidden states: h before step t at hs[t + REVERSE], after it at hs[t + 1 - REVERSE]
+                        ([2, B, H] ping-pong without SAVE, see common.state_slots)
     y      [T, B, H]    output (input dtype), zero where t >= lengths[b]
     dy     [T, B, H]    upstream output gradient;  dh [B, H] fp32 carried gradient
     dg     [T, B, H]    fp32 gradient of the pre-activation
@@ -23,6 +24,7 @@ from fastrnn.kernels.common import (
     dh_recur_step,
     emit_h,
     load_dh,
+    state_slots,
     step_time,
     step_time_bwd,
     tanh,
@@ -33,6 +35,8 @@ from fastrnn.kernels.common import (
 @triton.jit
 def rnn_fwd_step(
     t,
+    s_in,
+    s_out,
     j0,
     rows,
     row_mask,
@@ -43,24 +47,24 @@ def rnn_fwd_step(
     y_ptr,
     B,
     H,
-    REVERSE: tl.constexpr,
     ACT: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t."""
+    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t, reading state slot s_in and writing
+    s_out (see state_slots)."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
-    h_rows = hs_ptr + ((t + REVERSE) * B + rows) * H  # [BB]
+    h_rows = hs_ptr + (s_in * B + rows) * H  # [BB]
     a = tl.load(gx_ptr + (t * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     a = tile_matmul(a, h_rows, row_mask, w_ptr, 1, H, cols, col_mask, H, BK, DOT_FP32)  # [BB, BH]
     if ACT == 0:
         h = tanh(a)
     else:
         h = tl.maximum(a, 0.0)
-    emit_h(t, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, H, REVERSE)
+    emit_h(t, s_in, s_out, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, H)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -76,19 +80,22 @@ def rnn_fwd_kernel(
     REVERSE: tl.constexpr,
     HAS_LEN: tl.constexpr,
     ACT: tl.constexpr,
+    SAVE: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """Whole-sequence RNN forward for one batch tile. hs[T or 0] holds h0 on entry."""
+    """Whole-sequence RNN forward for one batch tile. The first slot read (state_slots) of hs holds h0 on
+    entry. SAVE: keep every state for the backward; else ping-pong states."""
     rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
     for s in range(0, T):
         t = step_time(s, T, REVERSE)
+        s_in, s_out = state_slots(t, REVERSE, SAVE)
         live = t < lens  # [BB]
         for j0 in range(0, H, BH):
             rnn_fwd_step(
-                t, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, y_ptr, B, H, REVERSE, ACT, BH, BK, DOT_FP32
+                t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, y_ptr, B, H, ACT, BH, BK, DOT_FP32
             )
         tl.debug_barrier()
 
@@ -96,6 +103,7 @@ def rnn_fwd_kernel(
 @triton.jit
 def rnn_bwd_step(
     t,
+    s_out,
     j0,
     rows,
     row_mask,
@@ -106,17 +114,17 @@ def rnn_bwd_step(
     hs_ptr,
     B,
     H,
-    REVERSE: tl.constexpr,
     ACT: tl.constexpr,
     BH: tl.constexpr,
 ):
-    """One [BB, BH] tile of backward step t: the pre-activation gradient dg[t] and the dh carry."""
+    """One [BB, BH] tile of backward step t (state after it in hs[s_out]): the pre-activation gradient
+    dg[t] and the dh carry."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
     live2 = live[:, None]
     dh = load_dh(t, cols, col_mask, rows, row_mask, live, dy_ptr, dh_ptr, B, H)  # [BB, BH]
-    h = tl.load(hs_ptr + ((t + 1 - REVERSE) * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
+    h = tl.load(hs_ptr + (s_out * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
     if ACT == 0:
         da = dh * (1 - h * h)
     else:
@@ -149,9 +157,10 @@ def rnn_bwd_kernel(
     rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
     for s in range(0, T):
         t = step_time_bwd(s, T, REVERSE)
+        _, s_out = state_slots(t, REVERSE, True)
         live = t < lens  # [BB]
         for j0 in range(0, H, BH):
-            rnn_bwd_step(t, j0, rows, row_mask, live, dy_ptr, dh_ptr, dg_ptr, hs_ptr, B, H, REVERSE, ACT, BH)
+            rnn_bwd_step(t, s_out, j0, rows, row_mask, live, dy_ptr, dh_ptr, dg_ptr, hs_ptr, B, H, ACT, BH)
         tl.debug_barrier()
         for p0 in range(0, H, BH):
             dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, H, H, BH, BK, DOT_FP32)

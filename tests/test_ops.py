@@ -11,29 +11,40 @@ from recurrence_check import check_recurrence, make_inputs, make_lengths, triton
 from fastrnn import ops, reference
 
 
-def _op_args(mode: str, T: int = 3, B: int = 2, H: int = 5, proj: int = 0, packed: bool = True, reverse=True):
+def _op_args(mode: str, T=3, B=2, H=5, proj=0, packed=True, reverse=True, save=True):
     x = make_inputs(mode, T, B, H, proj)
+    if not save:
+        x = {n: None if v is None else v.detach() for n, v in x.items()}
     lengths = make_lengths(T, B).to(triton_device()) if packed else None
     if mode == "lstm":
-        return torch.ops.fastrnn.lstm.default, (x["gx"], x["h0"], x["c0"], x["w_hh"], x["w_hr"], lengths, reverse)
+        args = (x["gx"], x["h0"], x["c0"], x["w_hh"], x["w_hr"], lengths, reverse, save)
+        return torch.ops.fastrnn.lstm.default, args
     if mode == "gru":
-        return torch.ops.fastrnn.gru.default, (x["gx"], x["h0"], x["w_hh"], x["b_hh"], lengths, reverse)
-    return torch.ops.fastrnn.rnn.default, (x["gx"], x["h0"], x["w_hh"], lengths, reverse, mode[4:])
+        return torch.ops.fastrnn.gru.default, (x["gx"], x["h0"], x["w_hh"], x["b_hh"], lengths, reverse, save)
+    return torch.ops.fastrnn.rnn.default, (x["gx"], x["h0"], x["w_hh"], lengths, reverse, mode[4:], save)
 
 
 @pytest.mark.parametrize(
-    ("mode", "proj", "packed"),
-    [("lstm", 0, False), ("lstm", 3, True), ("gru", 0, True), ("rnn_tanh", 0, False), ("rnn_relu", 0, True)],
+    ("mode", "proj", "packed", "save"),
+    [
+        ("lstm", 0, False, True),
+        ("lstm", 3, True, True),
+        ("lstm", 3, True, False),
+        ("gru", 0, True, True),
+        ("gru", 0, False, False),
+        ("rnn_tanh", 0, False, True),
+        ("rnn_relu", 0, True, False),
+    ],
 )
-def test_opcheck(mode, proj, packed):
-    op, args = _op_args(mode, proj=proj, packed=packed)
+def test_opcheck(mode, proj, packed, save):
+    op, args = _op_args(mode, proj=proj, packed=packed, save=save)
     torch.library.opcheck(op, args)
 
 
 def test_opcheck_backward_ops():
     op, args = _op_args("lstm", proj=3)
     y, h_n, c_n, gates, hs, cs, ms = (t.detach() for t in op(*args))
-    _, _, _, w_hh, w_hr, lengths, reverse = args
+    _, _, _, w_hh, w_hr, lengths, reverse, _ = args
     grads = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n))
     torch.library.opcheck(
         torch.ops.fastrnn.lstm_backward.default,
@@ -98,6 +109,21 @@ def test_gradient_of_output_only(mode):
     for n, v in x.items():
         if v is not None:
             assert_close(f"d{n}", ref_x[n].grad, v.grad)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("T", [1, 4])
+def test_inference_without_saved_state(mode, reverse, T):
+    """Under no_grad the forward keeps two state slots and no gates; results must not change."""
+    B, H = 3, 6
+    lengths = make_lengths(T, B)
+    x = make_inputs(mode, T, B, H, proj=4 if mode == "lstm" else 0)
+    with_grad = ops.recurrence(mode, **x, lengths=lengths, reverse=reverse)
+    with torch.no_grad():
+        without = ops.recurrence(mode, **x, lengths=lengths, reverse=reverse)
+    for name, a, b in zip(("y", "h_n", "c_n"), with_grad, without, strict=True):
+        assert_close(name, a, b)
 
 
 def test_outputs_do_not_alias():

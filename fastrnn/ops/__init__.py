@@ -14,7 +14,7 @@ operands in their own dtype (tensor cores) with fp32 accumulation. Weights of an
 import torch
 from torch import Tensor
 
-from fastrnn.ops._launch import launch_counts
+from fastrnn.ops._launch import launch_counts, needs_save
 from fastrnn.ops.gru import gru
 from fastrnn.ops.lstm import lstm
 from fastrnn.ops.rnn import rnn
@@ -50,15 +50,16 @@ def recurrence(
     """
     if lengths is not None:
         lengths = lengths.to(device=gx.device, dtype=torch.int64)
+    save = needs_save(gx, h0, c0, w_hh, b_hh, w_hr)
     if mode == "lstm":
         if c0 is None:
             raise ValueError("recurrence: mode 'lstm' needs c0")
-        y, h_n, c_n = lstm(gx, h0, c0, w_hh, w_hr, lengths, reverse)[:3]
+        y, h_n, c_n = lstm(gx, h0, c0, w_hh, w_hr, lengths, reverse, save)[:3]
         return y, h_n, c_n
     if mode == "gru":
-        y, h_n = gru(gx, h0, w_hh, b_hh, lengths, reverse)[:2]
+        y, h_n = gru(gx, h0, w_hh, b_hh, lengths, reverse, save)[:2]
         return y, h_n, None
     if mode in ("rnn_tanh", "rnn_relu"):
-        y, h_n = rnn(gx, h0, w_hh, lengths, reverse, mode[4:])[:2]
+        y, h_n = rnn(gx, h0, w_hh, lengths, reverse, mode[4:], save)[:2]
         return y, h_n, None
     raise ValueError(f"recurrence: mode must be one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu', got {mode!r}")

@@ -54,16 +54,35 @@ def count(name: str) -> None:
     launch_counts[name] += 1
 
 
-def state_buffer(init: torch.Tensor, steps: int, reverse: bool) -> torch.Tensor:
-    """fp32 [T+1, B, N] state buffer with the initial state in the slot the first step reads."""
-    buf = torch.empty((steps + 1, *init.shape), dtype=torch.float32, device=init.device)
-    buf[steps if reverse else 0].copy_(init)
+def state_slots(steps: int, save: bool) -> int:
+    """Slots of a state buffer (kernels/common.py state_slots): every state when saving, else ping-pong."""
+    return steps + 1 if save else min(steps + 1, 2)
+
+
+def _slot(i: int, save: bool) -> int:
+    return i if save else i % 2
+
+
+def state_buffer(init: torch.Tensor, steps: int, reverse: bool, save: bool) -> torch.Tensor:
+    """fp32 [slots, B, N] state buffer with the initial state in the slot the first step reads."""
+    buf = torch.empty((state_slots(steps, save), *init.shape), dtype=torch.float32, device=init.device)
+    buf[_slot(steps if reverse else 0, save)].copy_(init)
     return buf
 
 
-def final_state(buf: torch.Tensor, reverse: bool, dtype: torch.dtype) -> torch.Tensor:
+def final_state(buf: torch.Tensor, steps: int, reverse: bool, save: bool, dtype: torch.dtype) -> torch.Tensor:
     """The state after the last step, as a fresh tensor in ``dtype``."""
-    return buf[0 if reverse else buf.shape[0] - 1].to(dtype, copy=True)
+    return buf[_slot(0 if reverse else steps, save)].to(dtype, copy=True)
+
+
+def needs_save(*tensors: torch.Tensor | None) -> bool:
+    """Whether a forward must keep what its backward reads: grad mode is on and some input wants a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def check_saved(save: bool, op: str) -> None:
+    if not save:
+        raise RuntimeError(f"fastrnn::{op} ran with save=False, so it kept nothing to differentiate")
 
 
 def carried_grad(grad: torch.Tensor | None, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -1,8 +1,10 @@
 """GRU recurrence: launchers for kernels/gru.py and the ``fastrnn::gru`` / ``fastrnn::gru_backward`` ops.
 
-Memory: the forward saves, per step, fp32 r, z, n and hn = h W_hn^T + b_hn (4H) and the fp32 hidden state
-(H), i.e. 5H * 4 bytes per batch row and step; the backward never recomputes the recurrent GEMM. The
-backward allocates dgx (input dtype) and the fp32 recurrent-side gradient dgh (3H per row and step).
+Memory: with ``save`` (grad mode on and an input requiring grad) the forward saves, per step, fp32 r, z, n and
+hn = h W_hn^T + b_hn (4H) and the fp32 hidden state (H), i.e. 5H * 4 bytes per batch row and step; the
+backward never recomputes the recurrent GEMM. The backward allocates dgx (input dtype) and the fp32 recurrent-
+side gradient dgh (3H per row and step). Without ``save`` the forward keeps two state slots and no gates
+(inference).
 """
 
 import torch
@@ -14,10 +16,10 @@ from fastrnn.ops import _launch as L
 
 @torch.library.custom_op("fastrnn::gru", mutates_args=())
 def gru(
-    gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None, reverse: bool
+    gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None, reverse: bool, save: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """GRU over one direction. Returns (y, h_n, gates, hs); gates [T, B, 4H] (r, z, n, hn) and hs
-    [T+1, B, H] are saved for the backward."""
+    """GRU over one direction. Returns (y, h_n, gates, hs); gates [T, B, 4H] (r, z, n, hn; empty without
+    save) and hs [T+1, B, H] are saved for the backward."""
     L.check_device(gx)
     T, B, G = gx.shape
     H = G // 3
@@ -26,29 +28,29 @@ def gru(
     gx = gx.contiguous()
     w = w_hh.to(mm).contiguous()
     b = w if b_hh is None else b_hh.to(torch.float32).contiguous()
-    hs = L.state_buffer(h0, T, reverse)
-    gates = torch.empty((T, B, 4 * H), dtype=torch.float32, device=dev)
+    hs = L.state_buffer(h0, T, reverse, save)
+    gates = torch.empty((T, B, 4 * H) if save else (0,), dtype=torch.float32, device=dev)
     y = torch.empty((T, B, H), dtype=gx.dtype, device=dev)
     if T > 0 and B > 0:
         L.count("gru_fwd")
         gru_kernels.gru_fwd_kernel[L.grid(B)](
             gx, w, b, gx if lengths is None else lengths, hs, gates, y, T, B, H,
-            REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_BIAS=b_hh is not None,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_BIAS=b_hh is not None, SAVE=save,
             BB=L.BLOCK_B, BH=L.block(H), BK=L.block(H), DOT_FP32=L.dot_fp32(mm),
         )  # fmt: skip
-    return y, L.final_state(hs, reverse, gx.dtype), gates, hs
+    return y, L.final_state(hs, T, reverse, save, gx.dtype), gates, hs
 
 
 @gru.register_fake
-def _(gx, h0, w_hh, b_hh, lengths, reverse):
+def _(gx, h0, w_hh, b_hh, lengths, reverse, save):
     T, B, G = gx.shape
     H = G // 3
     f32 = {"dtype": torch.float32, "device": gx.device}
     return (
         gx.new_empty((T, B, H)),
         gx.new_empty((B, H)),
-        torch.empty((T, B, 4 * H), **f32),
-        torch.empty((T + 1, B, H), **f32),
+        torch.empty((T, B, 4 * H) if save else (0,), **f32),
+        torch.empty((L.state_slots(T, save), B, H), **f32),
     )
 
 
@@ -91,14 +93,15 @@ def _(dy, dh_n, gates, hs, w_hh, lengths, reverse):
 
 
 def _setup_context(ctx, inputs, output):
-    gx, h0, w_hh, b_hh, lengths, reverse = inputs
+    gx, h0, w_hh, b_hh, lengths, reverse, save = inputs
     _, _, gates, hs = output
     ctx.save_for_backward(gates, hs, w_hh, lengths)
-    ctx.reverse = reverse
+    ctx.reverse, ctx.saved = reverse, save
     ctx.dtypes = (gx.dtype, h0.dtype, None if b_hh is None else b_hh.dtype)
 
 
 def _backward(ctx, dy, dh_n, *_):
+    L.check_saved(ctx.saved, "gru")
     gates, hs, w_hh, lengths = ctx.saved_tensors
     gx_dtype, h0_dtype, b_dtype = ctx.dtypes
     if dy is None:
@@ -107,7 +110,7 @@ def _backward(ctx, dy, dh_n, *_):
         dh_n = torch.zeros(hs.shape[1:], dtype=torch.float32, device=gates.device)
     dgx, dh0, dw_hh, db_hh = gru_backward(dy, dh_n, gates, hs, w_hh, lengths, ctx.reverse)
     db = None if b_dtype is None else db_hh.to(b_dtype)
-    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), db, None, None
+    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), db, None, None, None
 
 
 gru.register_autograd(_backward, setup_context=_setup_context)

@@ -1,9 +1,11 @@
 """LSTM recurrence: launchers for kernels/lstm.py and the ``fastrnn::lstm`` / ``fastrnn::lstm_backward`` ops.
 
-Memory: the forward saves, per step, the fp32 activated gates (4H), the fp32 cell state (H), the fp32
-hidden state (P) and with proj_size the fp32 m = o tanh(c) (H), i.e. (5H + P [+ H]) * 4 bytes per batch
-row and step; the backward then never recomputes the recurrent GEMM. The backward allocates the fp32 gate
-gradient (4H per row and step, reused as dgx for fp32 inputs) and with proj_size dL/dh (P).
+Memory: with ``save`` (grad mode on and an input requiring grad) the forward saves, per step, the fp32
+activated gates (4H), the fp32 cell state (H), the fp32 hidden state (P) and with proj_size the fp32 m = o
+tanh(c) (H), i.e. (5H + P [+ H]) * 4 bytes per batch row and step; the backward then never recomputes the
+recurrent GEMM. The backward allocates the fp32 gate gradient (4H per row and step, reused as dgx for fp32
+inputs) and with proj_size dL/dh (P). Without ``save`` the forward keeps two state slots and no gates
+(inference).
 """
 
 import torch
@@ -17,12 +19,23 @@ def _lengths_arg(lengths: Tensor | None, dummy: Tensor) -> Tensor:
     return dummy if lengths is None else lengths
 
 
+def _ms_shape(T: int, B: int, H: int, w_hr: Tensor | None, save: bool) -> tuple[int, ...]:
+    return (0,) if w_hr is None else (T if save else 1, B, H)
+
+
 @torch.library.custom_op("fastrnn::lstm", mutates_args=())
 def lstm(
-    gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None, reverse: bool
+    gx: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    lengths: Tensor | None,
+    reverse: bool,
+    save: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """LSTM over one direction. Returns (y, h_n, c_n, gates, hs, cs, ms); the last four are saved for the
-    backward (see kernels/lstm.py for their layout; ms is empty without proj_size)."""
+    backward (see kernels/lstm.py for their layout; ms is empty without proj_size, gates without save)."""
     L.check_device(gx)
     T, B, G = gx.shape
     H, P = G // 4, h0.shape[-1]
@@ -31,23 +44,25 @@ def lstm(
     gx = gx.contiguous()
     w = w_hh.to(mm).contiguous()
     w_r = w if w_hr is None else w_hr.to(mm).contiguous()
-    hs = L.state_buffer(h0, T, reverse)
-    cs = L.state_buffer(c0, T, reverse)
-    gates = torch.empty((T, B, G), dtype=torch.float32, device=dev)
-    ms = torch.empty((T, B, H) if w_hr is not None else (0,), dtype=torch.float32, device=dev)
+    hs = L.state_buffer(h0, T, reverse, save)
+    cs = L.state_buffer(c0, T, reverse, save)
+    gates = torch.empty((T, B, G) if save else (0,), dtype=torch.float32, device=dev)
+    ms = torch.empty(_ms_shape(T, B, H, w_hr, save), dtype=torch.float32, device=dev)
     y = torch.empty((T, B, P), dtype=gx.dtype, device=dev)
     if T > 0 and B > 0:
         L.count("lstm_fwd")
         lstm_kernels.lstm_fwd_kernel[L.grid(B)](
             gx, w, w_r, _lengths_arg(lengths, gx), hs, cs, gates, ms, y, T, B, H, P,
-            REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_PROJ=w_hr is not None,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_PROJ=w_hr is not None, SAVE=save,
             BB=L.BLOCK_B, BH=L.block(max(H, P)), BK=L.block(max(H, P)), DOT_FP32=L.dot_fp32(mm),
         )  # fmt: skip
-    return y, L.final_state(hs, reverse, gx.dtype), L.final_state(cs, reverse, gx.dtype), gates, hs, cs, ms
+    h_n = L.final_state(hs, T, reverse, save, gx.dtype)
+    c_n = L.final_state(cs, T, reverse, save, gx.dtype)
+    return y, h_n, c_n, gates, hs, cs, ms
 
 
 @lstm.register_fake
-def _(gx, h0, c0, w_hh, w_hr, lengths, reverse):
+def _(gx, h0, c0, w_hh, w_hr, lengths, reverse, save):
     T, B, G = gx.shape
     H, P = G // 4, h0.shape[-1]
     f32 = {"dtype": torch.float32, "device": gx.device}
@@ -55,10 +70,10 @@ def _(gx, h0, c0, w_hh, w_hr, lengths, reverse):
         gx.new_empty((T, B, P)),
         gx.new_empty((B, P)),
         gx.new_empty((B, H)),
-        torch.empty((T, B, G), **f32),
-        torch.empty((T + 1, B, P), **f32),
-        torch.empty((T + 1, B, H), **f32),
-        torch.empty((T, B, H) if w_hr is not None else (0,), **f32),
+        torch.empty((T, B, G) if save else (0,), **f32),
+        torch.empty((L.state_slots(T, save), B, P), **f32),
+        torch.empty((L.state_slots(T, save), B, H), **f32),
+        torch.empty(_ms_shape(T, B, H, w_hr, save), **f32),
     )
 
 
@@ -99,7 +114,7 @@ def lstm_backward(
         )  # fmt: skip
     dw_hh = L.weight_grad(dg, L.prev_states(hs, reverse))
     dw_hr = L.weight_grad(dhs, ms) if w_hr is not None else torch.zeros((0,), dtype=torch.float32, device=dev)
-    return dg.to(dy.dtype, copy=True), dh, dc, dw_hh, dw_hr
+    return dg.to(dy.dtype), dh, dc, dw_hh, dw_hr
 
 
 @lstm_backward.register_fake
@@ -117,14 +132,15 @@ def _(dy, dh_n, dc_n, gates, hs, cs, ms, w_hh, w_hr, lengths, reverse):
 
 
 def _setup_context(ctx, inputs, output):
-    gx, h0, c0, w_hh, w_hr, lengths, reverse = inputs
+    gx, h0, c0, w_hh, w_hr, lengths, reverse, save = inputs
     _, _, _, gates, hs, cs, ms = output
     ctx.save_for_backward(gates, hs, cs, ms, w_hh, w_hr, lengths)
-    ctx.reverse = reverse
+    ctx.reverse, ctx.saved = reverse, save
     ctx.dtypes = (gx.dtype, h0.dtype, c0.dtype)
 
 
 def _backward(ctx, dy, dh_n, dc_n, *_):
+    L.check_saved(ctx.saved, "lstm")
     gates, hs, cs, ms, w_hh, w_hr, lengths = ctx.saved_tensors
     gx_dtype, h0_dtype, c0_dtype = ctx.dtypes
     if dy is None:
@@ -140,6 +156,7 @@ def _backward(ctx, dy, dh_n, dc_n, *_):
         dc0.to(c0_dtype),
         dw_hh.to(w_hh.dtype),
         None if w_hr is None else dw_hr.to(w_hr.dtype),
+        None,
         None,
         None,
     )

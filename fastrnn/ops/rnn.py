@@ -1,7 +1,8 @@
 """Elman RNN recurrence: launchers for kernels/rnn.py and the ``fastrnn::rnn`` / ``fastrnn::rnn_backward`` ops.
 
-Memory: the forward saves only the fp32 hidden states [T+1, B, H] (the activation's derivative is read off
-h_t); the backward allocates the fp32 pre-activation gradient [T, B, H] (reused as dgx for fp32 inputs).
+Memory: with ``save`` (grad mode on and an input requiring grad) the forward saves only the fp32 hidden states
+[T+1, B, H] (the activation's derivative is read off h_t), else it keeps two state slots; the backward
+allocates the fp32 pre-activation gradient [T, B, H] (reused as dgx for fp32 inputs).
 """
 
 import torch
@@ -16,7 +17,7 @@ ACTIVATIONS = {"tanh": 0, "relu": 1}
 
 @torch.library.custom_op("fastrnn::rnn", mutates_args=())
 def rnn(
-    gx: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool, nonlinearity: str
+    gx: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool, nonlinearity: str, save: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Elman RNN over one direction. Returns (y, h_n, hs); hs [T+1, B, H] is saved for the backward."""
     L.check_device(gx)
@@ -25,25 +26,25 @@ def rnn(
     mm = L.matmul_dtype(gx.dtype)
     gx = gx.contiguous()
     w = w_hh.to(mm).contiguous()
-    hs = L.state_buffer(h0, T, reverse)
+    hs = L.state_buffer(h0, T, reverse, save)
     y = torch.empty((T, B, H), dtype=gx.dtype, device=dev)
     if T > 0 and B > 0:
         L.count("rnn_fwd")
         rnn_kernels.rnn_fwd_kernel[L.grid(B)](
             gx, w, gx if lengths is None else lengths, hs, y, T, B, H,
-            REVERSE=int(reverse), HAS_LEN=lengths is not None, ACT=ACTIVATIONS[nonlinearity],
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, ACT=ACTIVATIONS[nonlinearity], SAVE=save,
             BB=L.BLOCK_B, BH=L.block(H), BK=L.block(H), DOT_FP32=L.dot_fp32(mm),
         )  # fmt: skip
-    return y, L.final_state(hs, reverse, gx.dtype), hs
+    return y, L.final_state(hs, T, reverse, save, gx.dtype), hs
 
 
 @rnn.register_fake
-def _(gx, h0, w_hh, lengths, reverse, nonlinearity):
+def _(gx, h0, w_hh, lengths, reverse, nonlinearity, save):
     T, B, H = gx.shape
     return (
         gx.new_empty((T, B, H)),
         gx.new_empty((B, H)),
-        torch.empty((T + 1, B, H), dtype=torch.float32, device=gx.device),
+        torch.empty((L.state_slots(T, save), B, H), dtype=torch.float32, device=gx.device),
     )
 
 
@@ -68,7 +69,7 @@ def rnn_backward(
             BB=L.BLOCK_B, BH=L.block(H), BK=L.block(H), DOT_FP32=L.dot_fp32(mm),
         )  # fmt: skip
     dw_hh = L.weight_grad(dg, L.prev_states(hs, reverse))
-    return dg.to(dy.dtype, copy=True), dh, dw_hh
+    return dg.to(dy.dtype), dh, dw_hh
 
 
 @rnn_backward.register_fake
@@ -79,13 +80,14 @@ def _(dy, dh_n, hs, w_hh, lengths, reverse, nonlinearity):
 
 
 def _setup_context(ctx, inputs, output):
-    gx, h0, w_hh, lengths, reverse, nonlinearity = inputs
+    gx, h0, w_hh, lengths, reverse, nonlinearity, save = inputs
     ctx.save_for_backward(output[2], w_hh, lengths)
-    ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
+    ctx.reverse, ctx.nonlinearity, ctx.saved = reverse, nonlinearity, save
     ctx.dtypes = (gx.dtype, h0.dtype)
 
 
 def _backward(ctx, dy, dh_n, *_):
+    L.check_saved(ctx.saved, "rnn")
     hs, w_hh, lengths = ctx.saved_tensors
     gx_dtype, h0_dtype = ctx.dtypes
     if dy is None:
@@ -93,7 +95,7 @@ def _backward(ctx, dy, dh_n, *_):
     if dh_n is None:
         dh_n = torch.zeros(hs.shape[1:], dtype=torch.float32, device=hs.device)
     dgx, dh0, dw_hh = rnn_backward(dy, dh_n, hs, w_hh, lengths, ctx.reverse, ctx.nonlinearity)
-    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), None, None, None
+    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), None, None, None, None
 
 
 rnn.register_autograd(_backward, setup_context=_setup_context)
