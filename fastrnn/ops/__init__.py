@@ -3,7 +3,8 @@
 ``recurrence`` is the entry point the functional layer calls for the ``triton`` backend; it has the
 signature, semantics and return of :func:`fastrnn.reference.recurrence` and is differentiable w.r.t.
 gx, h0, c0, w_hh, b_hh and w_hr through the ops ``fastrnn::lstm``, ``fastrnn::gru``, ``fastrnn::rnn``
-(and their ``*_backward`` ops).
+(and their ``*_backward`` ops), registered by the submodules of the same names. ``launch_counts`` counts
+kernel launches per kernel name (tests use it to prove the Triton path ran).
 
 Precision: state and accumulation in fp32. fp32 inputs run their matmuls with fp32 operands and exact
 ("ieee") products, so results track the fp64 reference to ~1e-5; fp16/bf16 inputs read the recurrent matmul
@@ -14,12 +15,12 @@ operands in their own dtype (tensor cores) with fp32 accumulation. Weights of an
 import torch
 from torch import Tensor
 
+from fastrnn.ops import gru as _gru
+from fastrnn.ops import lstm as _lstm
+from fastrnn.ops import rnn as _rnn
 from fastrnn.ops._launch import launch_counts, needs_save
-from fastrnn.ops.gru import gru
-from fastrnn.ops.lstm import lstm
-from fastrnn.ops.rnn import rnn
 
-__all__ = ["gru", "launch_counts", "lstm", "recurrence", "rnn"]
+__all__ = ["launch_counts", "recurrence"]
 
 
 def recurrence(
@@ -54,12 +55,12 @@ def recurrence(
     if mode == "lstm":
         if c0 is None:
             raise ValueError("recurrence: mode 'lstm' needs c0")
-        y, h_n, c_n = lstm(gx, h0, c0, w_hh, w_hr, lengths, reverse, save)[:3]
+        y, h_n, c_n = _lstm.lstm(gx, h0, c0, w_hh, w_hr, lengths, reverse, save)[:3]
         return y, h_n, c_n
     if mode == "gru":
-        y, h_n = gru(gx, h0, w_hh, b_hh, lengths, reverse, save)[:2]
+        y, h_n = _gru.gru(gx, h0, w_hh, b_hh, lengths, reverse, save)[:2]
         return y, h_n, None
     if mode in ("rnn_tanh", "rnn_relu"):
-        y, h_n = rnn(gx, h0, w_hh, lengths, reverse, mode[4:], save)[:2]
+        y, h_n = _rnn.rnn(gx, h0, w_hh, lengths, reverse, mode[4:], save)[:2]
         return y, h_n, None
     raise ValueError(f"recurrence: mode must be one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu', got {mode!r}")
