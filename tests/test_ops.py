@@ -3,6 +3,11 @@ mixed dtypes, partial upstream gradients, aliasing and argument errors."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import assert_close
@@ -146,3 +151,13 @@ def test_unknown_mode():
     x = make_inputs("rnn_tanh", 2, 2, 5)
     with pytest.raises(ValueError, match="mode"):
         ops.recurrence("lstmx", **x)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the gpu-marked tests run the compiled kernels")
+def test_kernels_compile_for_cuda():
+    """The compiled (non-interpreted) path of every kernel builds for sm_90, even on a machine without a GPU."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    script = Path(__file__).with_name("cuda_compile_check.py")
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-4000:]
