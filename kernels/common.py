@@ -1,4 +1,5 @@
-"""Helpers shared by the cell kernels: activations and the tiled row-block matmul.
+"""Helpers shared by the cell kernels: activations, the tiled row-block matmul, batch-tile / time / state-slot
+indexing, the hidden-state write (lengths masking) and the dh recurrence of the backward.
 
 Glossary (as in the cell files):
     BB   rows of the batch tile a program owns (>= 16, padded and masked)
