@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import warnings
 
 import torch
@@ -24,7 +25,8 @@ _TORCH_MODE = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN_TANH", "rnn_relu":
 
 
 def _check_type(name: str, value, kind: type) -> None:
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    # a plain isinstance, as torch.nn does: True is accepted where an int is expected
+    if not isinstance(value, kind):
         raise TypeError(f"{name} should be of type {kind.__name__}, got: {type(value).__name__}")
 
 
@@ -47,6 +49,10 @@ class RNNBase(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        try:  # torch.nn converts with float() first: None is a TypeError, "abc" a ValueError
+            float(dropout)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"dropout should be a number in range [0, 1], got dropout={dropout!r}") from None
         if not isinstance(dropout, numbers.Number) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
             raise ValueError(
                 "dropout should be a number in range [0, 1] representing the probability of an element "
@@ -66,7 +72,11 @@ class RNNBase(nn.Module):
         _check_type("hidden_size", hidden_size, int)
         if hidden_size <= 0:
             raise ValueError(f"hidden_size must be greater than zero, got hidden_size={hidden_size}")
-        if num_layers <= 0:
+        try:
+            nonpositive = num_layers <= 0
+        except TypeError:
+            raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}") from None
+        if nonpositive:
             raise ValueError(f"num_layers must be greater than zero, got num_layers={num_layers}")
         if proj_size < 0:
             raise ValueError(
@@ -77,6 +87,10 @@ class RNNBase(nn.Module):
                 f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} >= "
                 f"hidden_size={hidden_size}"
             )
+        try:  # torch.nn fails here, in range(num_layers), for a float
+            operator.index(num_layers)
+        except TypeError:
+            raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}") from None
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -204,10 +218,18 @@ class RNNBase(nn.Module):
         lstm = self.mode == "lstm"
         packed = isinstance(input, PackedSequence)
         states = None if hx is None else (list(hx) if lstm else [hx])
+        if lstm and states is not None and len(states) != 2:
+            if len(states) < 2:  # torch.nn indexes hx[1]
+                raise IndexError(f"LSTM: hx must be a tuple (h_0, c_0), got {len(states)} tensor(s)")
+            raise RuntimeError(f"LSTM expects two hidden states (h_0, c_0) in hx, got {len(states)}")
         batched = True
         if packed:
             data = input.data
             batch = int(input.batch_sizes[0])
+            if states is not None and input.sorted_indices is not None:
+                # torch.nn applies the sorting permutation to hx before checking its size, which keeps the
+                # first `batch` rows of a larger hx: accept what it accepts
+                states = [s.narrow(1, 0, batch) if s.dim() == 3 and s.size(1) > batch else s for s in states]
         else:
             data = input
             if input.dim() not in (2, 3):
@@ -375,6 +397,9 @@ class RNNCellBase(nn.Module):
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
 
+    def _cell_mode(self) -> str:
+        return self.mode
+
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
@@ -405,11 +430,11 @@ class RNNCellBase(nn.Module):
             zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
             states = [zeros] * (2 if lstm else 1)
         elif not batched:
-            states = [s.unsqueeze(0) for s in states]
+            states = [states[0].unsqueeze(0), states[1].unsqueeze(0)] if lstm else [states[0].unsqueeze(0)]
         if any(s.dim() != 2 for s in states):
             raise RuntimeError(f"{name}: hidden state must be 2-D for a batched (2-D) input, "
                                f"got {[s.dim() for s in states]}-D")
-        out = functional.cell(self.mode, input, tuple(states) if lstm else states[0], self.weight_ih,
+        out = functional.cell(self._cell_mode(), input, tuple(states) if lstm else states[0], self.weight_ih,
                               self.weight_hh, self.bias_ih, self.bias_hh, backend=self.backend)
         if not batched:
             out = tuple(o.squeeze(0) for o in out) if lstm else out.squeeze(0)
@@ -425,11 +450,11 @@ class RNNCell(RNNCellBase):
         self.nonlinearity = nonlinearity
         super().__init__("rnn_tanh", input_size, hidden_size, bias, device, dtype, backend)
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+    def _cell_mode(self) -> str:
+        # checked when forward runs (after the shape checks), like torch.nn.RNNCell
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity!r}, expected 'tanh' or 'relu'")
-        self.mode = "rnn_" + self.nonlinearity
-        return super().forward(input, hx)
+        return "rnn_" + self.nonlinearity
 
 
 class LSTMCell(RNNCellBase):
