@@ -111,6 +111,8 @@ def rnn(
     """
     packed = isinstance(input, PackedSequence)
     data = input.data if packed else input
+    if data.size(1 if batch_first and not packed else 0) == 0:  # as torch's RNN operators (an empty batch is fine)
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     h0, c0 = (hx[0], hx[1]) if mode == "lstm" else (hx, None)
     if packed and input.sorted_indices is not None:
         h0 = h0.index_select(1, input.sorted_indices)
@@ -220,6 +222,8 @@ def cell(
         h' [B, H], or ``(h', c')`` for LSTM.
     """
     states = tuple(hx) if mode == "lstm" else (hx,)
+    if mode == "lstm" and len(states) != 2:
+        raise RuntimeError(f"lstm_cell expects two hidden states (h, c) in hx, got {len(states)}")
     check_cell_args(input, states, w_ih, w_hh.size(1))
     impl = _backend.resolve(backend, input.device, input.dtype)
     if impl == "torch":
