@@ -91,7 +91,8 @@ class RNNBase(nn.Module):
             operator.index(num_layers)
         except TypeError:
             raise TypeError(f"num_layers should be of type int, got: {type(num_layers).__name__}") from None
-        self.mode = mode
+        self._mode = mode  # fastrnn's name of the recurrence ("lstm", "gru", "rnn_tanh", "rnn_relu")
+        self.mode = _TORCH_MODE[mode]  # torch.nn's ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -170,7 +171,7 @@ class RNNBase(nn.Module):
     # -- forward ------------------------------------------------------------------------------------------
     @property
     def _num_states(self) -> int:
-        return 2 if self.mode == "lstm" else 1
+        return 2 if self._mode == "lstm" else 1
 
     def _state_sizes(self, batch: int) -> list[tuple[int, int, int]]:
         directions = 2 if self.bidirectional else 1
@@ -214,8 +215,8 @@ class RNNBase(nn.Module):
         Returns:
             ``(output, h_n)``, or ``(output, (h_n, c_n))`` for LSTM.
         """
-        name = {"lstm": "LSTM", "gru": "GRU"}.get(self.mode, "RNN")
-        lstm = self.mode == "lstm"
+        name = {"lstm": "LSTM", "gru": "GRU"}.get(self._mode, "RNN")
+        lstm = self._mode == "lstm"
         packed = isinstance(input, PackedSequence)
         states = None if hx is None else (list(hx) if lstm else [hx])
         if lstm and states is not None and len(states) != 2:
@@ -256,7 +257,7 @@ class RNNBase(nn.Module):
         self._check_states(data, states, batch)
 
         out, hidden = functional.rnn(
-            self.mode,
+            self._mode,
             input if packed else data,
             tuple(states) if lstm else states[0],
             self.layer_weights(),
