@@ -9,6 +9,7 @@ input, h0, c0 and every parameter (matched by name).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, fields
 
@@ -21,6 +22,17 @@ import fastrnn
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 CELL_MODES = MODES
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch single-threaded: the test sizes are tiny, and intra-op threads only fight over shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def has_triton_recurrence() -> bool:

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from parity import has_triton_recurrence
+from parity import has_triton_recurrence, one_thread
 
 import fastrnn
 from fastrnn import backend as B
 from fastrnn import functional, reference
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
 
 CPU = torch.device("cpu")
 

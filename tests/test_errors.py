@@ -16,9 +16,17 @@ from typing import Any
 
 import pytest
 import torch
+from parity import one_thread
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
 
 T, B, I, H = 5, 3, 4, 6  # noqa: E741
 

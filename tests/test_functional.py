@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_close
-from parity import MODES, Case, make_inputs
+from parity import MODES, Case, make_inputs, one_thread
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import fastrnn
 from fastrnn import functional as Fr
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
 
 BACKENDS = ["reference", "auto"]
 WRAPPERS = {"lstm": Fr.lstm, "gru": Fr.gru, "rnn_tanh": Fr.rnn_tanh, "rnn_relu": Fr.rnn_relu}

@@ -25,12 +25,20 @@ from parity import (
     forward,
     has_triton_recurrence,
     make_inputs,
+    one_thread,
     run,
     torch_module,
     triton_device,
 )
 
 import fastrnn
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
 
 # Axes varied per cell kind. Each row is applied to lstm, gru, rnn_tanh and rnn_relu.
 SHAPES: list[dict] = [
@@ -406,8 +414,8 @@ def test_parameters_names_shapes_order_match_torch(name, args, kwargs):
     assert list(mod.state_dict()) == list(ref.state_dict())
     assert all(p.requires_grad for p in mod.parameters())
     assert list(mod.buffers()) == []
-    for attr in ("input_size", "hidden_size", "bias", "num_layers", "batch_first", "dropout", "bidirectional",
-                 "proj_size", "nonlinearity"):
+    for attr in ("mode", "input_size", "hidden_size", "bias", "num_layers", "batch_first", "dropout", "bidirectional",
+                 "proj_size", "nonlinearity", "_flat_weights_names", "_all_weights"):
         if hasattr(ref, attr):
             assert getattr(mod, attr) == getattr(ref, attr), attr
             assert type(getattr(mod, attr)) is type(getattr(ref, attr)), attr

@@ -5,10 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers import assert_close
+from parity import one_thread
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastrnn
 from fastrnn import reference
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
 
 T, B, H = 3, 2, 3
 MODES = reference.MODES
