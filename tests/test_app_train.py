@@ -264,3 +264,12 @@ def test_thread_tuner_keeps_the_faster_count(monkeypatch):
         now += cost[current["n"]]
         tuner.after_step(cost[current["n"]], now)
     assert tuner.chosen == 2 and current["n"] == 2
+
+
+def test_triton_backend_without_cuda_is_a_user_error(tmp_path, capsys, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: --backend triton is valid here")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert _train(tmp_path, "--backend", "triton", "--steps", "5") == 2
+    err = capsys.readouterr().err
+    assert "--backend triton needs a CUDA device" in err and err.count("\n") == 1

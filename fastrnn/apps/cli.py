@@ -144,7 +144,8 @@ def _add_sample(sub) -> None:
                    help="sample only among the K most likely characters, 0 for all (default: 0)")
     p.add_argument("--seed", type=int, default=None, help="seed for repeatable samples (default: random)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="fastrnn backend (default: auto)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps (default: auto, CUDA if available)")
     p.set_defaults(func=_cmd_sample)
 
 

@@ -9,14 +9,25 @@ other.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
+
+from fastrnn.apps.errors import AppError
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 BACKENDS = ("auto", "triton", "reference", "torch")
 
 #: recurrent state: (h, c) for LSTM, h for GRU/RNN; each [L, B, H]
 State = Tensor | tuple[Tensor, Tensor]
+
+
+def check_backend_device(backend: str, device: torch.device) -> None:
+    """Raise a one-line :class:`AppError` for ``--backend triton`` off CUDA (unless the interpreter is on)."""
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise AppError(f"--backend triton needs a CUDA device (running on {device.type}); use --backend auto, "
+                       f"or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter (slow)")
 
 
 def make_rnn(cell: str, input_size: int, hidden: int, layers: int, dropout: float, backend: str) -> nn.Module:

@@ -18,7 +18,7 @@ from fastrnn.apps import checkpoint
 from fastrnn.apps.config import TrainConfig
 from fastrnn.apps.data import Vocab
 from fastrnn.apps.errors import AppError, ConfigMismatchError
-from fastrnn.apps.model import CharLM
+from fastrnn.apps.model import CharLM, check_backend_device
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", backend: str = "auto") -> tuple[CharLM, Vocab]:
@@ -27,6 +27,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", backend: st
     Raises:
         CheckpointError: missing, corrupt or truncated file, or weights that do not fit the stored config.
     """
+    check_backend_device(backend, torch.device(device))
     ckpt = checkpoint.load(path)
     cfg = TrainConfig.from_dict(ckpt["config"])
     vocab = Vocab(ckpt["vocab"])

@@ -40,7 +40,7 @@ from fastrnn.apps.config import LOCKED, TrainConfig, defaults_for, option_name
 from fastrnn.apps.data import StreamBatches, Vocab, load_text, split, val_streams
 from fastrnn.apps.errors import AppError, ConfigMismatchError
 from fastrnn.apps.metrics import CsvLog, bits, plot_losses
-from fastrnn.apps.model import CharLM, State, detach_state, state_to
+from fastrnn.apps.model import CharLM, State, check_backend_device, detach_state, state_to
 from fastrnn.apps.threads import ThreadTuner
 
 #: steps between agreements on the clock and on Ctrl-C across processes (DDP only)
@@ -236,6 +236,7 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
     if opts.resume is not None:
         ckpt = checkpoint.load(opts.out / "last.pt" if opts.resume == "last" else opts.resume)
     cfg = resolve_config(overrides, device, ckpt)
+    check_backend_device(opts.backend, device)
 
     text = load_text(cfg.data)
     vocab = Vocab.from_text(text)
