@@ -8,8 +8,10 @@ batch_first packing, T=1, B=1, H not a power of two, hidden 1) appear for every 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import pickle
+import random
 import warnings
 
 import pytest
@@ -733,3 +735,57 @@ def test_cpu_autocast_output_dtype_reference(mode):
     x = torch.randn(case.T, case.B, case.I)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert mod(x)[0].dtype == ref(x)[0].dtype
+
+
+def _random_cases(n: int, seed: int) -> list[Case]:
+    """Seeded random points of the full grid, beyond the hand-picked ones (fixed at collection time)."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        mode = rng.choice(MODES)
+        H = rng.choice([1, 2, 5, 8, 13])  # noqa: N806
+        packed = rng.choice([None, "sorted", "unsorted"])
+        cases.append(Case(
+            mode=mode, I=rng.choice([1, 3, 6]), H=H, L=rng.choice([1, 2, 3]), bidir=rng.random() < 0.5,
+            bias=rng.random() < 0.7, batch_first=rng.random() < 0.5, hx=rng.random() < 0.5,
+            proj=rng.randrange(0, H) if mode == "lstm" and H > 1 and rng.random() < 0.5 else 0,
+            packed=packed, short=packed is not None and rng.random() < 0.3,
+            unbatched=packed is None and rng.random() < 0.25, T=rng.choice([1, 2, 4, 7]), B=rng.choice([1, 2, 5]),
+        ))
+    return cases
+
+
+RANDOM_CASES = _random_cases(40, seed=2024)
+
+
+@pytest.mark.parametrize("case", RANDOM_CASES, ids=[str(c) for c in RANDOM_CASES])
+def test_parity_random_configs_fp64(case):
+    check_module_parity(case, "reference", torch.float64)
+
+
+@pytest.mark.parametrize("case", RANDOM_CASES[::2], ids=[str(c) for c in RANDOM_CASES[::2]])
+def test_parity_random_configs_fp32(case):
+    check_module_parity(case, "reference", torch.float32)
+
+
+@needs_triton
+@pytest.mark.parametrize("case", RANDOM_CASES[:10], ids=[str(c) for c in RANDOM_CASES[:10]])
+def test_parity_random_configs_triton_fp32(case, triton_calls):
+    check_module_parity(case, "triton", torch.float32, device=triton_device())
+    assert len(triton_calls) == case.L * case.directions
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_packed_unsorted_with_larger_hx_batch_like_torch(mode, backend):
+    """torch.nn permutes hx before checking it, so a packed unsorted batch accepts a larger hx (first rows)."""
+    case = Case(mode=mode, packed="unsorted", L=2, bidir=True)
+    ref = torch_module(case)
+    mod = fastrnn.from_torch(ref, backend=backend)
+    inp = make_inputs(case)
+    big = dataclasses.replace(case, B=case.B + 2)
+    extra = make_inputs(big, seed=9)
+    inp.h0 = torch.cat([inp.h0, extra.h0[:, :2]], dim=1)
+    if inp.c0 is not None:
+        inp.c0 = torch.cat([inp.c0, extra.c0[:, :2]], dim=1)
+    compare(run(ref, case, clone_inputs(inp)), run(mod, case, clone_inputs(inp)), torch.float64)
