@@ -7,8 +7,10 @@ One module per concern:
 - ``data``       corpus loading and validation, the vocabulary, contiguous-stream batches
 - ``model``      Embedding -> recurrent module (fastrnn or torch.nn) -> Linear
 - ``config``     the run configuration and its per-device defaults
-- ``checkpoint`` atomic saves and code-free loads
+- ``checkpoint`` checkpoint format, code-free loads
+- ``files``      atomic writes (temp file + os.replace) for checkpoints, log and plot
 - ``train``      stateful truncated-BPTT training, single process or DistributedDataParallel
 - ``metrics``    CSV log and the loss-curve PNG
+- ``threads``    picking the CPU thread count on a shared machine
 - ``sample``     streaming generation with a single-step recurrent path
 """

@@ -13,13 +13,12 @@ reads it:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from fastrnn.apps.errors import CheckpointError
+from fastrnn.apps.files import atomic_open
 
 FORMAT = "fastrnn-charlm"
 VERSION = 1
@@ -27,22 +26,9 @@ _REQUIRED = ("config", "vocab", "model", "step")
 
 
 def save(obj: dict, path: str | Path) -> None:
-    """Write ``obj`` to ``path`` atomically: a temp file in the same directory, fsync, then os.replace.
-
-    An interrupted write leaves the previous file intact and at most a stray ``.tmp`` file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``obj`` (plus the format tag) to ``path`` atomically (see :mod:`fastrnn.apps.files`)."""
+    with atomic_open(path, "wb") as f:
+        torch.save({"format": FORMAT, "version": VERSION, **obj}, f)
 
 
 def load(path: str | Path) -> dict:

@@ -6,6 +6,8 @@ import csv
 import math
 from pathlib import Path
 
+from fastrnn.apps.files import atomic_open
+
 COLUMNS = ("step", "epoch", "chars", "elapsed_s", "lr", "train_loss", "val_loss", "val_bpc", "chars_per_s",
            "grad_norm", "threads")
 
@@ -29,12 +31,12 @@ class CsvLog:
         if resume_step is not None and self.path.is_file():
             with self.path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = self.path.open("w", newline="")
+        with atomic_open(self.path, "w", newline="") as f:  # the kept rows replace the old file in one step
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+        self._f = self.path.open("a", newline="")
         self._w = csv.DictWriter(self._f, fieldnames=COLUMNS, extrasaction="ignore")
-        self._w.writeheader()
-        self._w.writerows(rows)
-        self._f.flush()
 
     def write(self, **row) -> None:
         self._w.writerow({k: _fmt(v) for k, v in row.items()})
@@ -80,6 +82,7 @@ def plot_losses(csv_path: str | Path, png_path: str | Path) -> Path:
     ax.legend()
     fig.tight_layout()
     png_path = Path(png_path)
-    fig.savefig(png_path)
+    with atomic_open(png_path, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
     return png_path
