@@ -157,3 +157,32 @@ def dh_recur_step(
     acc = tl.load(dh_ptr + offs, mask=mask, other=0.0)  # [BB, BP]
     acc = tile_matmul(acc, dg_ptr + (t * B + rows) * G, row_mask, w_ptr, P, 1, cols, col_mask, G, BK, DOT_FP32)
     tl.store(dh_ptr + offs, acc, mask=mask)
+
+
+@triton.jit
+def grid_sync(bar_ptr, n_programs, k):
+    """Grid-wide barrier number ``k`` (1, 2, ...) among the ``n_programs`` programs sharing the int32 counter
+    at ``bar_ptr`` (zero at launch).
+
+    Monotonic counter: every program adds 1 per barrier and waits until the counter reaches k * n_programs,
+    so no reset (and no second counter) is needed; the counter stays below 2**31 for T * phases * n_programs
+    < 2**31. Ordering: the block barrier makes all of this program's stores precede its acq_rel arrival
+    (cumulativity, as in CUDA's grid.sync); the acquire polls plus the closing block barrier make every store
+    of the other programs before their arrival visible to all of this program's threads afterwards. Every
+    program must be resident at once (cooperative launch), else this spins forever; the interpreter runs
+    programs one after another, so it can only run grids of one program through here.
+    """
+    tl.debug_barrier()
+    tl.atomic_add(bar_ptr, 1, sem="acq_rel", scope="gpu")
+    target = k * n_programs
+    while tl.atomic_add(bar_ptr, 0, sem="acquire", scope="gpu") < target:
+        pass
+    tl.debug_barrier()
+
+
+@triton.jit
+def persistent_ids(N_H):
+    """(hidden-slice index, batch-group index, number of batch groups) of this program in a persistent grid
+    of N_H hidden slices times some batch groups."""
+    pid = tl.program_id(0)
+    return pid % N_H, pid // N_H, tl.num_programs(0) // N_H

@@ -32,7 +32,9 @@ from fastrnn.kernels.common import (
     batch_rows,
     dh_recur_step,
     emit_h,
+    grid_sync,
     load_dh,
+    persistent_ids,
     sigmoid,
     state_slots,
     step_time,
@@ -234,3 +236,91 @@ def gru_bwd_kernel(
         for p0 in range(0, H, BH):
             dh_recur_step(t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, BH, BK, DOT_FP32)
         tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["T"])
+def gru_fwd_persistent_kernel(
+    gx_ptr,
+    w_ptr,
+    b_ptr,
+    len_ptr,
+    hs_ptr,
+    gates_ptr,
+    y_ptr,
+    bar_ptr,
+    T,
+    B,
+    H,
+    N_H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SAVE: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence GRU forward, persistent: program (slice, group) owns hidden tiles slice, slice + N_H, ...
+    (all three gates) of batch tiles group, group + groups, ...; one grid barrier per step (see
+    lstm_fwd_persistent_kernel). Buffers as gru_fwd_kernel; bar holds one zeroed int32 per batch group."""
+    pid_h, group, n_groups = persistent_ids(N_H)
+    bar = bar_ptr + group
+    n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    for s in range(0, T):
+        t = step_time(s, T, REVERSE)
+        s_in, s_out = state_slots(t, REVERSE, SAVE)
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            live = t < lens  # [BB]
+            for j0 in range(pid_h * BH, H, N_H * BH):
+                gru_fwd_step(
+                    t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, b_ptr, hs_ptr, gates_ptr, y_ptr, B, H,
+                    SAVE, HAS_BIAS, BB, BH, BK, DOT_FP32,
+                )  # fmt: skip
+        grid_sync(bar, N_H, s + 1)
+
+
+@triton.jit(do_not_specialize=["T"])
+def gru_bwd_persistent_kernel(
+    dy_ptr,
+    gates_ptr,
+    hs_ptr,
+    w_ptr,
+    len_ptr,
+    dh_ptr,
+    dgx_ptr,
+    dgh_ptr,
+    bar_ptr,
+    T,
+    B,
+    H,
+    N_H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence GRU backward, persistent, tiles owned as in gru_fwd_persistent_kernel: gate gradients of
+    its units, the grid barrier, then its slice of dh_{t-1} += dgh_t W_hh (read next only by itself), so one
+    barrier per step. Buffers as gru_bwd_kernel."""
+    pid_h, group, n_groups = persistent_ids(N_H)
+    bar = bar_ptr + group
+    n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    for s in range(0, T):
+        t = step_time_bwd(s, T, REVERSE)
+        s_in, _ = state_slots(t, REVERSE, True)
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            live = t < lens  # [BB]
+            for j0 in range(pid_h * BH, H, N_H * BH):
+                gru_bwd_step(
+                    t, s_in, j0, rows, row_mask, live, dy_ptr, dh_ptr, dgx_ptr, dgh_ptr, gates_ptr, hs_ptr, B, H, BH
+                )
+        grid_sync(bar, N_H, s + 1)
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            for p0 in range(pid_h * BH, H, N_H * BH):
+                dh_recur_step(t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, BH, BK, DOT_FP32)

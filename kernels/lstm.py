@@ -17,8 +17,9 @@ Glossary:
 Design: one program per batch tile runs the whole sequence; batch rows are independent, so the only
 synchronisation is a block barrier between the phases of a step (every hidden tile of h_t must be written
 before step t+1 reads it). Each phase loops over hidden tiles and calls a step body that handles one
-[BB, BH] tile of one step; a persistent kernel can spread the same step bodies over programs with a
-grid-wide barrier instead.
+[BB, BH] tile of one step. The persistent kernels (end of file, fastrnn/ops/strategy.py) spread the same step
+bodies over programs that own slices of the hidden units, with a grid-wide barrier (common.grid_sync) in
+place of the block barrier where a phase reads what other programs wrote.
 
 Forward, per step t:  a = gx_t + h_{t-1} W^T;  i, f, o = sigmoid, g = tanh;  c_t = f c_{t-1} + i g;
     m_t = o tanh(c_t);  h_t = m_t (or m_t W_hr^T with proj_size, as a second phase).
@@ -35,7 +36,9 @@ from fastrnn.kernels.common import (
     batch_rows,
     dh_recur_step,
     emit_h,
+    grid_sync,
     load_dh,
+    persistent_ids,
     sigmoid,
     state_slots,
     step_time,
@@ -342,3 +345,122 @@ def lstm_bwd_kernel(
         for p0 in range(0, P, BH):
             dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, 4 * H, P, BH, BK, DOT_FP32)
         tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["T"])
+def lstm_fwd_persistent_kernel(
+    gx_ptr,
+    w_ptr,
+    w_hr_ptr,
+    len_ptr,
+    hs_ptr,
+    cs_ptr,
+    gates_ptr,
+    ms_ptr,
+    y_ptr,
+    bar_ptr,
+    T,
+    B,
+    H,
+    P,
+    N_H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    SAVE: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence LSTM forward, persistent: program (slice, group) owns the hidden tiles slice,
+    slice + N_H, ... (all four gates of them, so c stays with its owner) and the projection tiles numbered
+    alike, for the batch tiles group, group + groups, ...; the programs of a group exchange h_t through hs
+    and meet at one grid barrier per step (two with proj_size: m_t, then h_t). Buffers as lstm_fwd_kernel;
+    bar holds one zeroed int32 counter per batch group."""
+    pid_h, group, n_groups = persistent_ids(N_H)
+    bar = bar_ptr + group
+    n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    PHASES: tl.constexpr = 2 if HAS_PROJ else 1
+    for s in range(0, T):
+        t = step_time(s, T, REVERSE)
+        s_in, s_out = state_slots(t, REVERSE, SAVE)
+        m_slot = t if SAVE else 0
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            live = t < lens  # [BB]
+            for j0 in range(pid_h * BH, H, N_H * BH):
+                lstm_fwd_step(
+                    t, s_in, s_out, m_slot, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, cs_ptr, gates_ptr,
+                    ms_ptr, y_ptr, B, H, P, SAVE, HAS_PROJ, BH, BK, DOT_FP32,
+                )  # fmt: skip
+        grid_sync(bar, N_H, s * PHASES + 1)
+        if HAS_PROJ:
+            for i in range(0, n_mine):
+                rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+                live = t < lens  # [BB]
+                for p0 in range(pid_h * BH, P, N_H * BH):
+                    lstm_proj_step(
+                        t, s_in, s_out, m_slot, p0, rows, row_mask, live, ms_ptr, w_hr_ptr, hs_ptr, y_ptr, B, H, P,
+                        BB, BH, BK, DOT_FP32,
+                    )  # fmt: skip
+            grid_sync(bar, N_H, s * PHASES + 2)
+
+
+@triton.jit(do_not_specialize=["T"])
+def lstm_bwd_persistent_kernel(
+    dy_ptr,
+    gates_ptr,
+    cs_ptr,
+    w_ptr,
+    w_hr_ptr,
+    len_ptr,
+    dh_ptr,
+    dc_ptr,
+    dg_ptr,
+    dhs_ptr,
+    bar_ptr,
+    T,
+    B,
+    H,
+    P,
+    N_H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence LSTM backward, persistent, tiles owned as in lstm_fwd_persistent_kernel. Per step the
+    owner of a tile writes dG_t for its units, meets the others at the grid barrier, then forms its slice
+    of dh_{t-1} = dG_t W_hh, which only it reads next (so one barrier per step; proj_size adds one after
+    dL/dh_t, which every unit's dm needs). Buffers as lstm_bwd_kernel."""
+    pid_h, group, n_groups = persistent_ids(N_H)
+    bar = bar_ptr + group
+    n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    PHASES: tl.constexpr = 2 if HAS_PROJ else 1
+    for s in range(0, T):
+        t = step_time_bwd(s, T, REVERSE)
+        s_in, s_out = state_slots(t, REVERSE, True)
+        if HAS_PROJ:
+            for i in range(0, n_mine):
+                rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+                live = t < lens  # [BB]
+                for p0 in range(pid_h * BH, P, N_H * BH):
+                    lstm_proj_bwd_step(t, p0, rows, row_mask, live, dy_ptr, dh_ptr, dhs_ptr, B, P, BH)
+            grid_sync(bar, N_H, s * PHASES + 1)
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            live = t < lens  # [BB]
+            for j0 in range(pid_h * BH, H, N_H * BH):
+                lstm_bwd_step(
+                    t, s_in, s_out, j0, rows, row_mask, live, dy_ptr, dh_ptr, dc_ptr, dg_ptr, dhs_ptr, gates_ptr,
+                    cs_ptr, w_hr_ptr, B, H, P, HAS_PROJ, BB, BH, BK, DOT_FP32,
+                )  # fmt: skip
+        grid_sync(bar, N_H, s * PHASES + PHASES)
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            for p0 in range(pid_h * BH, P, N_H * BH):
+                dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, 4 * H, P, BH, BK, DOT_FP32)

@@ -23,7 +23,9 @@ from fastrnn.kernels.common import (
     batch_rows,
     dh_recur_step,
     emit_h,
+    grid_sync,
     load_dh,
+    persistent_ids,
     state_slots,
     step_time,
     step_time_bwd,
@@ -165,3 +167,84 @@ def rnn_bwd_kernel(
         for p0 in range(0, H, BH):
             dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, H, H, BH, BK, DOT_FP32)
         tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["T"])
+def rnn_fwd_persistent_kernel(
+    gx_ptr,
+    w_ptr,
+    len_ptr,
+    hs_ptr,
+    y_ptr,
+    bar_ptr,
+    T,
+    B,
+    H,
+    N_H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    ACT: tl.constexpr,
+    SAVE: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence RNN forward, persistent: program (slice, group) owns hidden tiles slice, slice + N_H, ...
+    of batch tiles group, group + groups, ...; one grid barrier per step (see lstm_fwd_persistent_kernel).
+    Buffers as rnn_fwd_kernel; bar holds one zeroed int32 per batch group."""
+    pid_h, group, n_groups = persistent_ids(N_H)
+    bar = bar_ptr + group
+    n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    for s in range(0, T):
+        t = step_time(s, T, REVERSE)
+        s_in, s_out = state_slots(t, REVERSE, SAVE)
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            live = t < lens  # [BB]
+            for j0 in range(pid_h * BH, H, N_H * BH):
+                rnn_fwd_step(
+                    t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, y_ptr, B, H, ACT, BH, BK, DOT_FP32
+                )
+        grid_sync(bar, N_H, s + 1)
+
+
+@triton.jit(do_not_specialize=["T"])
+def rnn_bwd_persistent_kernel(
+    dy_ptr,
+    hs_ptr,
+    w_ptr,
+    len_ptr,
+    dh_ptr,
+    dg_ptr,
+    bar_ptr,
+    T,
+    B,
+    H,
+    N_H,
+    REVERSE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    ACT: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Whole-sequence RNN backward, persistent, one grid barrier per step (see gru_bwd_persistent_kernel).
+    Buffers as rnn_bwd_kernel."""
+    pid_h, group, n_groups = persistent_ids(N_H)
+    bar = bar_ptr + group
+    n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    for s in range(0, T):
+        t = step_time_bwd(s, T, REVERSE)
+        _, s_out = state_slots(t, REVERSE, True)
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            live = t < lens  # [BB]
+            for j0 in range(pid_h * BH, H, N_H * BH):
+                rnn_bwd_step(t, s_out, j0, rows, row_mask, live, dy_ptr, dh_ptr, dg_ptr, hs_ptr, B, H, ACT, BH)
+        grid_sync(bar, N_H, s + 1)
+        for i in range(0, n_mine):
+            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
+            for p0 in range(pid_h * BH, H, N_H * BH):
+                dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, H, H, BH, BK, DOT_FP32)
