@@ -4,7 +4,8 @@
 signature, semantics and return of :func:`fastrnn.reference.recurrence` and is differentiable w.r.t.
 gx, h0, c0, w_hh, b_hh and w_hr through the ops ``fastrnn::lstm``, ``fastrnn::gru``, ``fastrnn::rnn``
 (and their ``*_backward`` ops), registered by the submodules of the same names. ``launch_counts`` counts
-kernel launches per kernel name (tests use it to prove the Triton path ran).
+kernel launches per kernel name (tests use it to prove the Triton path ran). Which kernels run (tiled or
+persistent) is decided in :mod:`fastrnn.ops.strategy`: ``use_strategy(...)``, else ``$FASTRNN_STRATEGY``.
 
 Precision: state and accumulation in fp32. fp32 inputs run their matmuls with fp32 operands and exact
 ("ieee") products, so results track the fp64 reference to ~1e-5; fp16/bf16 inputs read the recurrent matmul
@@ -18,9 +19,12 @@ from torch import Tensor
 from fastrnn.ops import gru as _gru
 from fastrnn.ops import lstm as _lstm
 from fastrnn.ops import rnn as _rnn
+from fastrnn.ops import strategy as _strategy
 from fastrnn.ops._launch import launch_counts, needs_save
+from fastrnn.ops.strategy import use_strategy
+from fastrnn.reference import GATES
 
-__all__ = ["launch_counts", "recurrence"]
+__all__ = ["launch_counts", "recurrence", "use_strategy"]
 
 
 def recurrence(
@@ -52,15 +56,17 @@ def recurrence(
     if lengths is not None:
         lengths = lengths.to(device=gx.device, dtype=torch.int64)
     save = needs_save(gx, h0, c0, w_hh, b_hh, w_hr)
+    B, H = gx.shape[1], gx.shape[2] // GATES.get(mode, 1)
+    strategy = _strategy.select(mode, B, H, h0.shape[-1], gx.device)
     if mode == "lstm":
         if c0 is None:
             raise ValueError("recurrence: mode 'lstm' needs c0")
-        y, h_n, c_n = _lstm.lstm(gx, h0, c0, w_hh, w_hr, lengths, reverse, save)[:3]
+        y, h_n, c_n = _lstm.lstm(gx, h0, c0, w_hh, w_hr, lengths, reverse, save, strategy)[:3]
         return y, h_n, c_n
     if mode == "gru":
-        y, h_n = _gru.gru(gx, h0, w_hh, b_hh, lengths, reverse, save)[:2]
+        y, h_n = _gru.gru(gx, h0, w_hh, b_hh, lengths, reverse, save, strategy)[:2]
         return y, h_n, None
     if mode in ("rnn_tanh", "rnn_relu"):
-        y, h_n = _rnn.rnn(gx, h0, w_hh, lengths, reverse, mode[4:], save)[:2]
+        y, h_n = _rnn.rnn(gx, h0, w_hh, lengths, reverse, mode[4:], save, strategy)[:2]
         return y, h_n, None
     raise ValueError(f"recurrence: mode must be one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu', got {mode!r}")

@@ -12,14 +12,23 @@ from torch import Tensor
 
 from fastrnn.kernels import gru as gru_kernels
 from fastrnn.ops import _launch as L
+from fastrnn.ops import strategy as S
 
 
 @torch.library.custom_op("fastrnn::gru", mutates_args=())
 def gru(
-    gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, lengths: Tensor | None, reverse: bool, save: bool
+    gx: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    lengths: Tensor | None,
+    reverse: bool,
+    save: bool,
+    strategy: str = "tiled",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """GRU over one direction. Returns (y, h_n, gates, hs); gates [T, B, 4H] (r, z, n, hn; empty without
-    save) and hs [T+1, B, H] are saved for the backward."""
+    save) and hs [T+1, B, H] are saved for the backward. ``strategy``: ``"tiled"`` or ``"persistent"``
+    kernels (fastrnn/ops/strategy.py)."""
     L.check_device(gx)
     T, B, G = gx.shape
     H = G // 3
@@ -31,7 +40,15 @@ def gru(
     hs = L.state_buffer(h0, T, reverse, save)
     gates = torch.empty((T, B, 4 * H) if save else (0,), dtype=torch.float32, device=dev)
     y = torch.empty((T, B, H), dtype=gx.dtype, device=dev)
-    if T > 0 and B > 0:
+    if T > 0 and B > 0 and strategy == "persistent":
+        pg = S.persistent_grid(B, H, H, dev)
+        L.count("gru_fwd_persistent")
+        gru_kernels.gru_fwd_persistent_kernel[(pg.programs,)](
+            gx, w, b, gx if lengths is None else lengths, hs, gates, y, S.barrier_counters(pg, dev), T, B, H, pg.n_h,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_BIAS=b_hh is not None, SAVE=save,
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+        )  # fmt: skip
+    elif T > 0 and B > 0:
         L.count("gru_fwd")
         gru_kernels.gru_fwd_kernel[L.grid(B)](
             gx, w, b, gx if lengths is None else lengths, hs, gates, y, T, B, H,
@@ -42,7 +59,7 @@ def gru(
 
 
 @gru.register_fake
-def _(gx, h0, w_hh, b_hh, lengths, reverse, save):
+def _(gx, h0, w_hh, b_hh, lengths, reverse, save, strategy="tiled"):
     T, B, G = gx.shape
     H = G // 3
     f32 = {"dtype": torch.float32, "device": gx.device}
@@ -56,7 +73,14 @@ def _(gx, h0, w_hh, b_hh, lengths, reverse, save):
 
 @torch.library.custom_op("fastrnn::gru_backward", mutates_args=())
 def gru_backward(
-    dy: Tensor, dh_n: Tensor, gates: Tensor, hs: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool
+    dy: Tensor,
+    dh_n: Tensor,
+    gates: Tensor,
+    hs: Tensor,
+    w_hh: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    strategy: str = "tiled",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`gru`: (dgx in dy's dtype, then fp32 dh0, dw_hh, db_hh)."""
     L.check_device(dy)
@@ -68,7 +92,15 @@ def gru_backward(
     dh = L.carried_grad(dh_n, (B, H), dev)
     dgx = torch.empty((T, B, 3 * H), dtype=dy.dtype, device=dev)
     dgh = torch.empty((T, B, 3 * H), dtype=torch.float32, device=dev)
-    if T > 0 and B > 0:
+    if T > 0 and B > 0 and strategy == "persistent":
+        pg = S.persistent_grid(B, H, H, dev)
+        L.count("gru_bwd_persistent")
+        gru_kernels.gru_bwd_persistent_kernel[(pg.programs,)](
+            dy, gates, hs, w, dy if lengths is None else lengths, dh, dgx, dgh, S.barrier_counters(pg, dev),
+            T, B, H, pg.n_h, REVERSE=int(reverse), HAS_LEN=lengths is not None,
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+        )  # fmt: skip
+    elif T > 0 and B > 0:
         L.count("gru_bwd")
         gru_kernels.gru_bwd_kernel[L.grid(B)](
             dy, gates, hs, w, dy if lengths is None else lengths, dh, dgx, dgh, T, B, H,
@@ -81,7 +113,7 @@ def gru_backward(
 
 
 @gru_backward.register_fake
-def _(dy, dh_n, gates, hs, w_hh, lengths, reverse):
+def _(dy, dh_n, gates, hs, w_hh, lengths, reverse, strategy="tiled"):
     T, B, H = dy.shape
     f32 = {"dtype": torch.float32, "device": dy.device}
     return (
@@ -93,10 +125,10 @@ def _(dy, dh_n, gates, hs, w_hh, lengths, reverse):
 
 
 def _setup_context(ctx, inputs, output):
-    gx, h0, w_hh, b_hh, lengths, reverse, save = inputs
+    gx, h0, w_hh, b_hh, lengths, reverse, save, strategy = inputs
     _, _, gates, hs = output
     ctx.save_for_backward(gates, hs, w_hh, lengths)
-    ctx.reverse, ctx.saved = reverse, save
+    ctx.reverse, ctx.saved, ctx.strategy = reverse, save, strategy
     ctx.dtypes = (gx.dtype, h0.dtype, None if b_hh is None else b_hh.dtype)
 
 
@@ -108,9 +140,9 @@ def _backward(ctx, dy, dh_n, *_):
         dy = torch.zeros((gates.shape[0], *hs.shape[1:]), dtype=gx_dtype, device=gates.device)
     if dh_n is None:
         dh_n = torch.zeros(hs.shape[1:], dtype=torch.float32, device=gates.device)
-    dgx, dh0, dw_hh, db_hh = gru_backward(dy, dh_n, gates, hs, w_hh, lengths, ctx.reverse)
+    dgx, dh0, dw_hh, db_hh = gru_backward(dy, dh_n, gates, hs, w_hh, lengths, ctx.reverse, ctx.strategy)
     db = None if b_dtype is None else db_hh.to(b_dtype)
-    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), db, None, None, None
+    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), db, None, None, None, None
 
 
 gru.register_autograd(_backward, setup_context=_setup_context)

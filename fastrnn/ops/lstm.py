@@ -13,6 +13,7 @@ from torch import Tensor
 
 from fastrnn.kernels import lstm as lstm_kernels
 from fastrnn.ops import _launch as L
+from fastrnn.ops import strategy as S
 
 
 def _lengths_arg(lengths: Tensor | None, dummy: Tensor) -> Tensor:
@@ -33,9 +34,11 @@ def lstm(
     lengths: Tensor | None,
     reverse: bool,
     save: bool,
+    strategy: str = "tiled",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """LSTM over one direction. Returns (y, h_n, c_n, gates, hs, cs, ms); the last four are saved for the
-    backward (see kernels/lstm.py for their layout; ms is empty without proj_size, gates without save)."""
+    backward (see kernels/lstm.py for their layout; ms is empty without proj_size, gates without save).
+    ``strategy``: ``"tiled"`` or ``"persistent"`` kernels (fastrnn/ops/strategy.py)."""
     L.check_device(gx)
     T, B, G = gx.shape
     H, P = G // 4, h0.shape[-1]
@@ -49,7 +52,15 @@ def lstm(
     gates = torch.empty((T, B, G) if save else (0,), dtype=torch.float32, device=dev)
     ms = torch.empty(_ms_shape(T, B, H, w_hr, save), dtype=torch.float32, device=dev)
     y = torch.empty((T, B, P), dtype=gx.dtype, device=dev)
-    if T > 0 and B > 0:
+    if T > 0 and B > 0 and strategy == "persistent":
+        pg = S.persistent_grid(B, H, P, dev)
+        L.count("lstm_fwd_persistent")
+        lstm_kernels.lstm_fwd_persistent_kernel[(pg.programs,)](
+            gx, w, w_r, _lengths_arg(lengths, gx), hs, cs, gates, ms, y, S.barrier_counters(pg, dev), T, B, H, P,
+            pg.n_h, REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_PROJ=w_hr is not None, SAVE=save,
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(max(H, P)), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+        )  # fmt: skip
+    elif T > 0 and B > 0:
         L.count("lstm_fwd")
         lstm_kernels.lstm_fwd_kernel[L.grid(B)](
             gx, w, w_r, _lengths_arg(lengths, gx), hs, cs, gates, ms, y, T, B, H, P,
@@ -62,7 +73,7 @@ def lstm(
 
 
 @lstm.register_fake
-def _(gx, h0, c0, w_hh, w_hr, lengths, reverse, save):
+def _(gx, h0, c0, w_hh, w_hr, lengths, reverse, save, strategy="tiled"):
     T, B, G = gx.shape
     H, P = G // 4, h0.shape[-1]
     f32 = {"dtype": torch.float32, "device": gx.device}
@@ -90,6 +101,7 @@ def lstm_backward(
     w_hr: Tensor | None,
     lengths: Tensor | None,
     reverse: bool,
+    strategy: str = "tiled",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients of :func:`lstm`: (dgx in dy's dtype, then fp32 dh0, dc0, dw_hh, dw_hr (empty without
     proj_size))."""
@@ -105,7 +117,15 @@ def lstm_backward(
     dc = L.carried_grad(dc_n, (B, H), dev)
     dg = torch.empty((T, B, G), dtype=torch.float32, device=dev)
     dhs = torch.empty((T, B, P) if w_hr is not None else (0,), dtype=torch.float32, device=dev)
-    if T > 0 and B > 0:
+    if T > 0 and B > 0 and strategy == "persistent":
+        pg = S.persistent_grid(B, H, P, dev)
+        L.count("lstm_bwd_persistent")
+        lstm_kernels.lstm_bwd_persistent_kernel[(pg.programs,)](
+            dy, gates, cs, w, w_r, _lengths_arg(lengths, dy), dh, dc, dg, dhs, S.barrier_counters(pg, dev),
+            T, B, H, P, pg.n_h, REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_PROJ=w_hr is not None,
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(max(H, P)), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+        )  # fmt: skip
+    elif T > 0 and B > 0:
         L.count("lstm_bwd")
         lstm_kernels.lstm_bwd_kernel[L.grid(B)](
             dy, gates, cs, w, w_r, _lengths_arg(lengths, dy), dh, dc, dg, dhs, T, B, H, P,
@@ -118,7 +138,7 @@ def lstm_backward(
 
 
 @lstm_backward.register_fake
-def _(dy, dh_n, dc_n, gates, hs, cs, ms, w_hh, w_hr, lengths, reverse):
+def _(dy, dh_n, dc_n, gates, hs, cs, ms, w_hh, w_hr, lengths, reverse, strategy="tiled"):
     T, B, G = gates.shape
     H, P = G // 4, hs.shape[-1]
     f32 = {"dtype": torch.float32, "device": dy.device}
@@ -132,10 +152,10 @@ def _(dy, dh_n, dc_n, gates, hs, cs, ms, w_hh, w_hr, lengths, reverse):
 
 
 def _setup_context(ctx, inputs, output):
-    gx, h0, c0, w_hh, w_hr, lengths, reverse, save = inputs
+    gx, h0, c0, w_hh, w_hr, lengths, reverse, save, strategy = inputs
     _, _, _, gates, hs, cs, ms = output
     ctx.save_for_backward(gates, hs, cs, ms, w_hh, w_hr, lengths)
-    ctx.reverse, ctx.saved = reverse, save
+    ctx.reverse, ctx.saved, ctx.strategy = reverse, save, strategy
     ctx.dtypes = (gx.dtype, h0.dtype, c0.dtype)
 
 
@@ -149,13 +169,16 @@ def _backward(ctx, dy, dh_n, dc_n, *_):
         dh_n = torch.zeros(hs.shape[1:], dtype=torch.float32, device=gates.device)
     if dc_n is None:
         dc_n = torch.zeros(cs.shape[1:], dtype=torch.float32, device=gates.device)
-    dgx, dh0, dc0, dw_hh, dw_hr = lstm_backward(dy, dh_n, dc_n, gates, hs, cs, ms, w_hh, w_hr, lengths, ctx.reverse)
+    dgx, dh0, dc0, dw_hh, dw_hr = lstm_backward(
+        dy, dh_n, dc_n, gates, hs, cs, ms, w_hh, w_hr, lengths, ctx.reverse, ctx.strategy
+    )
     return (
         dgx,
         dh0.to(h0_dtype),
         dc0.to(c0_dtype),
         dw_hh.to(w_hh.dtype),
         None if w_hr is None else dw_hr.to(w_hr.dtype),
+        None,
         None,
         None,
         None,

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from fastrnn.kernels import rnn as rnn_kernels
 from fastrnn.ops import _launch as L
+from fastrnn.ops import strategy as S
 
 #: nonlinearity name -> the kernels' ACT code
 ACTIVATIONS = {"tanh": 0, "relu": 1}
@@ -17,9 +18,17 @@ ACTIVATIONS = {"tanh": 0, "relu": 1}
 
 @torch.library.custom_op("fastrnn::rnn", mutates_args=())
 def rnn(
-    gx: Tensor, h0: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool, nonlinearity: str, save: bool
+    gx: Tensor,
+    h0: Tensor,
+    w_hh: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    nonlinearity: str,
+    save: bool,
+    strategy: str = "tiled",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Elman RNN over one direction. Returns (y, h_n, hs); hs [T+1, B, H] is saved for the backward."""
+    """Elman RNN over one direction. Returns (y, h_n, hs); hs [T+1, B, H] is saved for the backward.
+    ``strategy``: ``"tiled"`` or ``"persistent"`` kernels (fastrnn/ops/strategy.py)."""
     L.check_device(gx)
     T, B, H = gx.shape
     dev = gx.device
@@ -28,7 +37,15 @@ def rnn(
     w = w_hh.to(mm).contiguous()
     hs = L.state_buffer(h0, T, reverse, save)
     y = torch.empty((T, B, H), dtype=gx.dtype, device=dev)
-    if T > 0 and B > 0:
+    if T > 0 and B > 0 and strategy == "persistent":
+        pg = S.persistent_grid(B, H, H, dev)
+        L.count("rnn_fwd_persistent")
+        rnn_kernels.rnn_fwd_persistent_kernel[(pg.programs,)](
+            gx, w, gx if lengths is None else lengths, hs, y, S.barrier_counters(pg, dev), T, B, H, pg.n_h,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, ACT=ACTIVATIONS[nonlinearity], SAVE=save,
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+        )  # fmt: skip
+    elif T > 0 and B > 0:
         L.count("rnn_fwd")
         rnn_kernels.rnn_fwd_kernel[L.grid(B)](
             gx, w, gx if lengths is None else lengths, hs, y, T, B, H,
@@ -39,7 +56,7 @@ def rnn(
 
 
 @rnn.register_fake
-def _(gx, h0, w_hh, lengths, reverse, nonlinearity, save):
+def _(gx, h0, w_hh, lengths, reverse, nonlinearity, save, strategy="tiled"):
     T, B, H = gx.shape
     return (
         gx.new_empty((T, B, H)),
@@ -50,7 +67,14 @@ def _(gx, h0, w_hh, lengths, reverse, nonlinearity, save):
 
 @torch.library.custom_op("fastrnn::rnn_backward", mutates_args=())
 def rnn_backward(
-    dy: Tensor, dh_n: Tensor, hs: Tensor, w_hh: Tensor, lengths: Tensor | None, reverse: bool, nonlinearity: str
+    dy: Tensor,
+    dh_n: Tensor,
+    hs: Tensor,
+    w_hh: Tensor,
+    lengths: Tensor | None,
+    reverse: bool,
+    nonlinearity: str,
+    strategy: str = "tiled",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of :func:`rnn`: (dgx in dy's dtype, then fp32 dh0, dw_hh)."""
     L.check_device(dy)
@@ -61,7 +85,15 @@ def rnn_backward(
     w = w_hh.to(mm).contiguous()
     dh = L.carried_grad(dh_n, (B, H), dev)
     dg = torch.empty((T, B, H), dtype=torch.float32, device=dev)
-    if T > 0 and B > 0:
+    if T > 0 and B > 0 and strategy == "persistent":
+        pg = S.persistent_grid(B, H, H, dev)
+        L.count("rnn_bwd_persistent")
+        rnn_kernels.rnn_bwd_persistent_kernel[(pg.programs,)](
+            dy, hs, w, dy if lengths is None else lengths, dh, dg, S.barrier_counters(pg, dev), T, B, H, pg.n_h,
+            REVERSE=int(reverse), HAS_LEN=lengths is not None, ACT=ACTIVATIONS[nonlinearity],
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+        )  # fmt: skip
+    elif T > 0 and B > 0:
         L.count("rnn_bwd")
         rnn_kernels.rnn_bwd_kernel[L.grid(B)](
             dy, hs, w, dy if lengths is None else lengths, dh, dg, T, B, H,
@@ -73,16 +105,16 @@ def rnn_backward(
 
 
 @rnn_backward.register_fake
-def _(dy, dh_n, hs, w_hh, lengths, reverse, nonlinearity):
+def _(dy, dh_n, hs, w_hh, lengths, reverse, nonlinearity, strategy="tiled"):
     T, B, H = dy.shape
     f32 = {"dtype": torch.float32, "device": dy.device}
     return dy.new_empty((T, B, H)), torch.empty((B, H), **f32), torch.empty((H, H), **f32)
 
 
 def _setup_context(ctx, inputs, output):
-    gx, h0, w_hh, lengths, reverse, nonlinearity, save = inputs
+    gx, h0, w_hh, lengths, reverse, nonlinearity, save, strategy = inputs
     ctx.save_for_backward(output[2], w_hh, lengths)
-    ctx.reverse, ctx.nonlinearity, ctx.saved = reverse, nonlinearity, save
+    ctx.reverse, ctx.nonlinearity, ctx.saved, ctx.strategy = reverse, nonlinearity, save, strategy
     ctx.dtypes = (gx.dtype, h0.dtype)
 
 
@@ -94,8 +126,8 @@ def _backward(ctx, dy, dh_n, *_):
         dy = torch.zeros((hs.shape[0] - 1, *hs.shape[1:]), dtype=gx_dtype, device=hs.device)
     if dh_n is None:
         dh_n = torch.zeros(hs.shape[1:], dtype=torch.float32, device=hs.device)
-    dgx, dh0, dw_hh = rnn_backward(dy, dh_n, hs, w_hh, lengths, ctx.reverse, ctx.nonlinearity)
-    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), None, None, None, None
+    dgx, dh0, dw_hh = rnn_backward(dy, dh_n, hs, w_hh, lengths, ctx.reverse, ctx.nonlinearity, ctx.strategy)
+    return dgx, dh0.to(h0_dtype), dw_hh.to(w_hh.dtype), None, None, None, None, None
 
 
 rnn.register_autograd(_backward, setup_context=_setup_context)
