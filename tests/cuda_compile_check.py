@@ -31,12 +31,34 @@ def compile_kernel(fn, dtype: str, inputs: tuple[str, ...], **constexprs) -> Non
             signature[name] = "constexpr"
         elif name == "len_ptr":
             signature[name] = "*i64"
+        elif name == "bar_ptr":
+            signature[name] = "*i32"
         elif name.endswith("_ptr"):
             signature[name] = f"*{dtype}" if name in inputs else "*fp32"
         else:
             signature[name] = "i32"
     consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items()}
     triton.compile(ASTSource(fn, signature, constexprs=consts), target=TARGET)
+
+
+def compile_persistent(dtype: str) -> None:
+    """The persistent kernels, with the GPU tile size (fastrnn.ops.strategy.PERSISTENT_BLOCK_H)."""
+    bh = {"BH": 16}
+    lstm_in = ("gx_ptr", "w_ptr", "w_hr_ptr", "y_ptr", "dy_ptr")
+    fwd = lstm.lstm_fwd_persistent_kernel
+    compile_kernel(fwd, dtype, lstm_in, REVERSE=1, HAS_LEN=True, HAS_PROJ=True, SAVE=True, **bh)
+    compile_kernel(fwd, dtype, lstm_in, REVERSE=0, HAS_LEN=False, HAS_PROJ=False, SAVE=False, **bh)
+    bwd = lstm.lstm_bwd_persistent_kernel
+    compile_kernel(bwd, dtype, lstm_in, REVERSE=0, HAS_LEN=True, HAS_PROJ=True, **bh)
+    compile_kernel(bwd, dtype, lstm_in, REVERSE=1, HAS_LEN=False, HAS_PROJ=False, **bh)
+    gru_in = ("gx_ptr", "w_ptr", "y_ptr", "dy_ptr", "dgx_ptr")
+    compile_kernel(
+        gru.gru_fwd_persistent_kernel, dtype, gru_in, REVERSE=1, HAS_LEN=True, HAS_BIAS=True, SAVE=True, **bh
+    )
+    compile_kernel(gru.gru_bwd_persistent_kernel, dtype, gru_in, REVERSE=0, HAS_LEN=True, **bh)
+    rnn_in = ("gx_ptr", "w_ptr", "y_ptr", "dy_ptr")
+    compile_kernel(rnn.rnn_fwd_persistent_kernel, dtype, rnn_in, REVERSE=0, HAS_LEN=True, ACT=1, SAVE=False, **bh)
+    compile_kernel(rnn.rnn_bwd_persistent_kernel, dtype, rnn_in, REVERSE=1, HAS_LEN=True, ACT=0, **bh)
 
 
 def main() -> None:
@@ -52,6 +74,7 @@ def main() -> None:
         rnn_in = ("gx_ptr", "w_ptr", "y_ptr", "dy_ptr")
         compile_kernel(rnn.rnn_fwd_kernel, dtype, rnn_in, REVERSE=0, HAS_LEN=True, ACT=1, SAVE=False)
         compile_kernel(rnn.rnn_bwd_kernel, dtype, rnn_in, REVERSE=1, HAS_LEN=True, ACT=0)
+        compile_persistent(dtype)
     print("compiled")
 
 
