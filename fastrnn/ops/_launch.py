@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import collections
-import os
 
 import torch
 import triton
+
+from fastrnn.backend import interpreting
 
 #: Kernel launches per kernel name, incremented by every launcher (tests use it to prove the Triton path ran).
 launch_counts: collections.Counter[str] = collections.Counter()
@@ -15,10 +16,6 @@ launch_counts: collections.Counter[str] = collections.Counter()
 BLOCK_B = 16
 #: Cap on the hidden-tile and reduction-chunk sizes.
 MAX_BLOCK = 64
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def check_device(t: torch.Tensor) -> None:
