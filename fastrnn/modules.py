@@ -30,6 +30,14 @@ def _check_type(name: str, value, kind: type) -> None:
         raise TypeError(f"{name} should be of type {kind.__name__}, got: {type(value).__name__}")
 
 
+def _reject_extra_kwargs(cls_name: str, kwargs: dict) -> None:
+    """RNN and GRU take torch.nn's keywords only; proj_size gets torch.nn's own ValueError."""
+    if "proj_size" in kwargs:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if kwargs:
+        raise TypeError(f"{cls_name}.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+
+
 class RNNBase(nn.Module):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (cell-agnostic)."""
 
@@ -299,10 +307,7 @@ class RNN(RNNBase):
         backend: str | None = None,
         **kwargs,
     ) -> None:
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if kwargs:
-            raise TypeError(f"RNN.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        _reject_extra_kwargs("RNN", kwargs)
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
@@ -362,10 +367,7 @@ class GRU(RNNBase):
         backend: str | None = None,
         **kwargs,
     ) -> None:
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if kwargs:
-            raise TypeError(f"GRU.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        _reject_extra_kwargs("GRU", kwargs)
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          0, device, dtype, backend)
 
