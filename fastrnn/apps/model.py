@@ -9,12 +9,11 @@ other.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
 
 from fastrnn.apps.errors import AppError
+from fastrnn.backend import interpreting
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 BACKENDS = ("auto", "triton", "reference", "torch")
@@ -25,7 +24,7 @@ State = Tensor | tuple[Tensor, Tensor]
 
 def check_backend_device(backend: str, device: torch.device) -> None:
     """Raise a one-line :class:`AppError` for ``--backend triton`` off CUDA (unless the interpreter is on)."""
-    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend == "triton" and device.type != "cuda" and not interpreting():
         raise AppError(f"--backend triton needs a CUDA device (running on {device.type}); use --backend auto, "
                        f"or set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter (slow)")
 
