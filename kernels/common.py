@@ -5,6 +5,12 @@ Glossary (as in the cell files):
     BB   rows of the batch tile a program owns (>= 16, padded and masked)
     BN   output columns of one tile (hidden units or projection units, >= 16)
     BK   reduction chunk of a tile matmul (>= 16)
+    BKP  the whole reduction dimension of a resident weight block, padded to a power of two (>= 16)
+
+Resident weights (the persistent kernels' RESIDENT variant): a program that owns one hidden tile loads its
+slice of the recurrent weight once, before the time loop, as [BKP, BN] blocks (load_resident) and every step
+multiplies the state rows by them (row_matmul) instead of streaming the slice from global memory (L2)
+chunk by chunk (tile_matmul). Which variant runs is decided by fastrnn.ops.strategy (resident_fits).
 """
 
 import triton
@@ -67,6 +73,46 @@ def tile_matmul(
             other=0.0,
         )  # [BK, BN]
         acc += dot(x, w, DOT_FP32)
+    return acc
+
+
+@triton.jit
+def load_resident(w_ptr, w_sk, w_sn, n_offs, n_mask, K, BKP: tl.constexpr):
+    """The [BKP, BN] block w[:K, n_offs] (zero past K and outside n_mask), strides as tile_matmul: a program's
+    slice of a recurrent weight, loaded once before the time loop so that it stays on chip."""
+    ks = tl.arange(0, BKP)
+    return tl.load(
+        w_ptr + ks[:, None] * w_sk + n_offs[None, :] * w_sn,
+        mask=(ks < K)[:, None] & n_mask[None, :],
+        other=0.0,
+    )  # [BKP, BN]
+
+
+@triton.jit
+def row_matmul(
+    acc,
+    x_rows,
+    row_mask,
+    w_ptr,
+    w_sk,
+    w_sn,
+    n_offs,
+    n_mask,
+    K,
+    w_res,
+    BK: tl.constexpr,
+    BKP: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """acc [BB, BN] += x[rows, :K] @ w[:K, n_offs]: with RESIDENT one dot of the state rows [BB, BKP] with the
+    resident block ``w_res`` (load_resident of the same slice), else tile_matmul (``w_res`` unused)."""
+    if RESIDENT:
+        ks = tl.arange(0, BKP)
+        x = tl.load(x_rows[:, None] + ks[None, :], mask=row_mask[:, None] & (ks < K)[None, :], other=0.0)
+        acc += dot(x, w_res, DOT_FP32)  # [BB, BKP] @ [BKP, BN]
+    else:
+        acc = tile_matmul(acc, x_rows, row_mask, w_ptr, w_sk, w_sn, n_offs, n_mask, K, BK, DOT_FP32)
     return acc
 
 
@@ -144,19 +190,73 @@ def load_dh(t, cols, col_mask, rows, row_mask, live, dy_ptr, dh_ptr, B, P):
 
 @triton.jit
 def dh_recur_step(
-    t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, G, P, BP: tl.constexpr, BK: tl.constexpr, DOT_FP32: tl.constexpr
+    t,
+    p0,
+    rows,
+    row_mask,
+    dg_ptr,
+    w_ptr,
+    dh_ptr,
+    B,
+    G,
+    P,
+    w0,
+    w1,
+    w2,
+    w3,
+    NG: tl.constexpr,
+    BP: tl.constexpr,
+    BK: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):
     """dh[:, p-tile] += dG_t @ W_hh[:, p-tile]: the recurrent part of dh_{t-1}, for one [BB, BP] tile.
 
-    dg is the [T, B, G] fp32 gate-gradient buffer (zero on frozen rows), W_hh is [G, P] row-major.
+    dg is the [T, B, G] fp32 gate-gradient buffer (zero on frozen rows), W_hh is [G, P] row-major. RESIDENT:
+    w0 .. w{NG-1} are the program's resident blocks W_hh[g H : (g+1) H, p-tile] of the NG gates (H = G / NG),
+    each [BHP, BP] (load_resident); otherwise they are unused and the slice streams through tile_matmul.
     """
     cols = p0 + tl.arange(0, BP)
     col_mask = cols < P
     mask = row_mask[:, None] & col_mask[None, :]
     offs = rows[:, None] * P + cols[None, :]
     acc = tl.load(dh_ptr + offs, mask=mask, other=0.0)  # [BB, BP]
-    acc = tile_matmul(acc, dg_ptr + (t * B + rows) * G, row_mask, w_ptr, P, 1, cols, col_mask, G, BK, DOT_FP32)
+    dg_rows = dg_ptr + (t * B + rows) * G  # [BB]
+    if RESIDENT:
+        H = G // NG
+        acc = row_matmul(acc, dg_rows, row_mask, w_ptr, P, 1, cols, col_mask, H, w0, BK, BHP, True, DOT_FP32)
+        if NG > 1:
+            acc = row_matmul(acc, dg_rows + H, row_mask, w_ptr, P, 1, cols, col_mask, H, w1, BK, BHP, True, DOT_FP32)
+        if NG > 2:
+            acc = row_matmul(
+                acc, dg_rows + 2 * H, row_mask, w_ptr, P, 1, cols, col_mask, H, w2, BK, BHP, True, DOT_FP32
+            )
+        if NG > 3:
+            acc = row_matmul(
+                acc, dg_rows + 3 * H, row_mask, w_ptr, P, 1, cols, col_mask, H, w3, BK, BHP, True, DOT_FP32
+            )
+    else:
+        acc = tile_matmul(acc, dg_rows, row_mask, w_ptr, P, 1, cols, col_mask, G, BK, DOT_FP32)
     tl.store(dh_ptr + offs, acc, mask=mask)
+
+
+@triton.jit
+def resident_gate_blocks(w_ptr, H, P, n_offs, n_mask, K, w_sk, w_sn, NG: tl.constexpr, BKP: tl.constexpr):
+    """The resident blocks of W_hh [NG H, P] for the NG gates (0 for the gates past NG), gate g's block being
+    load_resident(w_ptr + g H P, w_sk, w_sn, n_offs, n_mask, K): (1, P) and K = P for the forward's slice
+    W_hh[g H + units, :]^T, (P, 1) and K = H for the backward's W_hh[g H : (g+1) H, p-tile]."""
+    w0 = load_resident(w_ptr, w_sk, w_sn, n_offs, n_mask, K, BKP)
+    w1 = 0
+    w2 = 0
+    w3 = 0
+    if NG > 1:
+        w1 = load_resident(w_ptr + H * P, w_sk, w_sn, n_offs, n_mask, K, BKP)
+    if NG > 2:
+        w2 = load_resident(w_ptr + 2 * H * P, w_sk, w_sn, n_offs, n_mask, K, BKP)
+    if NG > 3:
+        w3 = load_resident(w_ptr + 3 * H * P, w_sk, w_sn, n_offs, n_mask, K, BKP)
+    return w0, w1, w2, w3
 
 
 @triton.jit

@@ -12,6 +12,7 @@ Glossary:
     dy     [T, B, H]    upstream output gradient;  dh [B, H] fp32 carried gradient
     dgx    [T, B, G]    gradient of gx (input dtype)
     dgh    [T, B, G]    fp32 gradient of the recurrent pre-activations h W_hh^T + b_hh
+    BHP    H padded to a power of two: the reduction block of a resident W_hh slice (persistent RESIDENT only)
 
 Design as in lstm.py: one program per batch tile runs the whole sequence with a block barrier between the
 phases of a step; the step bodies handle one [BB, BH] tile of one step.
@@ -35,12 +36,13 @@ from fastrnn.kernels.common import (
     grid_sync,
     load_dh,
     persistent_ids,
+    resident_gate_blocks,
+    row_matmul,
     sigmoid,
     state_slots,
     step_time,
     step_time_bwd,
     tanh,
-    tile_matmul,
 )
 
 
@@ -61,15 +63,20 @@ def gru_fwd_step(
     y_ptr,
     B,
     H,
+    w_r,
+    w_z,
+    w_n,
     SAVE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t, reading state slot s_in and writing
-    s_out (see state_slots)."""
+    s_out (see state_slots). RESIDENT: w_r, w_z, w_n are the tile's resident [BHP, BH] blocks of W_hh^T."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
@@ -80,9 +87,9 @@ def gru_fwd_step(
     a_z = tl.load(gx_ptr + g_offs + H, mask=mask, other=0.0).to(tl.float32)
     x_n = tl.load(gx_ptr + g_offs + 2 * H, mask=mask, other=0.0).to(tl.float32)
     hn = tl.zeros([BB, BH], tl.float32)
-    a_r = tile_matmul(a_r, h_rows, row_mask, w_ptr, 1, H, cols, col_mask, H, BK, DOT_FP32)
-    a_z = tile_matmul(a_z, h_rows, row_mask, w_ptr + H * H, 1, H, cols, col_mask, H, BK, DOT_FP32)
-    hn = tile_matmul(hn, h_rows, row_mask, w_ptr + 2 * H * H, 1, H, cols, col_mask, H, BK, DOT_FP32)
+    a_r = row_matmul(a_r, h_rows, row_mask, w_ptr, 1, H, cols, col_mask, H, w_r, BK, BHP, RESIDENT, DOT_FP32)
+    a_z = row_matmul(a_z, h_rows, row_mask, w_ptr + H * H, 1, H, cols, col_mask, H, w_z, BK, BHP, RESIDENT, DOT_FP32)
+    hn = row_matmul(hn, h_rows, row_mask, w_ptr + 2 * H * H, 1, H, cols, col_mask, H, w_n, BK, BHP, RESIDENT, DOT_FP32)
     if HAS_BIAS:
         a_r += tl.load(b_ptr + cols, mask=col_mask, other=0.0)[None, :]
         a_z += tl.load(b_ptr + H + cols, mask=col_mask, other=0.0)[None, :]
@@ -146,11 +153,16 @@ def gru_fwd_kernel(
                 y_ptr,
                 B,
                 H,
+                0,
+                0,
+                0,
                 SAVE,
                 HAS_BIAS,
                 BB,
                 BH,
                 BK,
+                BK,
+                False,
                 DOT_FP32,
             )
         tl.debug_barrier()
@@ -234,7 +246,9 @@ def gru_bwd_kernel(
             )
         tl.debug_barrier()
         for p0 in range(0, H, BH):
-            dh_recur_step(t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, BH, BK, DOT_FP32)
+            dh_recur_step(
+                t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, 0, 0, 0, 0, 3, BH, BK, BK, False, DOT_FP32
+            )
         tl.debug_barrier()
 
 
@@ -259,14 +273,23 @@ def gru_fwd_persistent_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """Whole-sequence GRU forward, persistent: program (slice, group) owns hidden tiles slice, slice + N_H, ...
     (all three gates) of batch tiles group, group + groups, ...; one grid barrier per step (see
-    lstm_fwd_persistent_kernel). Buffers as gru_fwd_kernel; bar holds one zeroed int32 per batch group."""
+    lstm_fwd_persistent_kernel). RESIDENT (one hidden tile per program): its W_hh rows are loaded once, before
+    the time loop. Buffers as gru_fwd_kernel; bar holds one zeroed int32 per batch group."""
     pid_h, group, n_groups = persistent_ids(N_H)
     bar = bar_ptr + group
     n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    units = pid_h * BH + tl.arange(0, BH)
+    w_r = 0
+    w_z = 0
+    w_n = 0
+    if RESIDENT:
+        w_r, w_z, w_n, _ = resident_gate_blocks(w_ptr, H, H, units, units < H, H, 1, H, 3, BHP)  # 3 x [BHP, BH]
     for s in range(0, T):
         t = step_time(s, T, REVERSE)
         s_in, s_out = state_slots(t, REVERSE, SAVE)
@@ -276,7 +299,7 @@ def gru_fwd_persistent_kernel(
             for j0 in range(pid_h * BH, H, N_H * BH):
                 gru_fwd_step(
                     t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, b_ptr, hs_ptr, gates_ptr, y_ptr, B, H,
-                    SAVE, HAS_BIAS, BB, BH, BK, DOT_FP32,
+                    w_r, w_z, w_n, SAVE, HAS_BIAS, BB, BH, BK, BHP, RESIDENT, DOT_FP32,
                 )  # fmt: skip
         grid_sync(bar, N_H, s + 1)
 
@@ -301,14 +324,23 @@ def gru_bwd_persistent_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """Whole-sequence GRU backward, persistent, tiles owned as in gru_fwd_persistent_kernel: gate gradients of
     its units, the grid barrier, then its slice of dh_{t-1} += dgh_t W_hh (read next only by itself), so one
-    barrier per step. Buffers as gru_bwd_kernel."""
+    barrier per step. RESIDENT (one tile per program): the W_hh columns of its units, every gate's rows, are
+    loaded once, before the time loop. Buffers as gru_bwd_kernel."""
     pid_h, group, n_groups = persistent_ids(N_H)
     bar = bar_ptr + group
     n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    units = pid_h * BH + tl.arange(0, BH)
+    w0 = 0
+    w1 = 0
+    w2 = 0
+    if RESIDENT:
+        w0, w1, w2, _ = resident_gate_blocks(w_ptr, H, H, units, units < H, H, H, 1, 3, BHP)  # 3 x [BHP, BH]
     for s in range(0, T):
         t = step_time_bwd(s, T, REVERSE)
         s_in, _ = state_slots(t, REVERSE, True)
@@ -323,4 +355,7 @@ def gru_bwd_persistent_kernel(
         for i in range(0, n_mine):
             rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
             for p0 in range(pid_h * BH, H, N_H * BH):
-                dh_recur_step(t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, BH, BK, DOT_FP32)
+                dh_recur_step(
+                    t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, w0, w1, w2, 0, 3, BH, BK, BHP, RESIDENT,
+                    DOT_FP32,
+                )  # fmt: skip

@@ -13,6 +13,7 @@ Glossary:
     y      [T, B, P]    output (input dtype), zero where t >= lengths[b]
     dy     [T, B, P]    upstream output gradient;  dh [B, P], dc [B, H] fp32 carried gradients
     dg     [T, B, G]    fp32 gradient of the gate pre-activations;  dhs [T, B, P] fp32 dL/dh_t (proj_size only)
+    BP, BHP  P and H padded to powers of two: reduction blocks of resident weight slices (persistent RESIDENT)
 
 Design: one program per batch tile runs the whole sequence; batch rows are independent, so the only
 synchronisation is a block barrier between the phases of a step (every hidden tile of h_t must be written
@@ -38,13 +39,15 @@ from fastrnn.kernels.common import (
     emit_h,
     grid_sync,
     load_dh,
+    load_resident,
     persistent_ids,
+    resident_gate_blocks,
+    row_matmul,
     sigmoid,
     state_slots,
     step_time,
     step_time_bwd,
     tanh,
-    tile_matmul,
 )
 
 
@@ -68,14 +71,21 @@ def lstm_fwd_step(
     B,
     H,
     P,
+    w_i,
+    w_f,
+    w_g,
+    w_o,
     SAVE: tl.constexpr,
     HAS_PROJ: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t, reading state slot s_in and writing
-    s_out (see state_slots); with proj_size m goes to ms[m_slot] for the projection phase."""
+    s_out (see state_slots); with proj_size m goes to ms[m_slot] for the projection phase. RESIDENT: w_i, w_f,
+    w_g, w_o are the tile's resident [BP, BH] blocks of W_hh^T (common.load_resident)."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
@@ -87,10 +97,10 @@ def lstm_fwd_step(
     a_f = tl.load(gx_ptr + g_offs + H, mask=mask, other=0.0).to(tl.float32)
     a_g = tl.load(gx_ptr + g_offs + 2 * H, mask=mask, other=0.0).to(tl.float32)
     a_o = tl.load(gx_ptr + g_offs + 3 * H, mask=mask, other=0.0).to(tl.float32)
-    a_i = tile_matmul(a_i, h_rows, row_mask, w_ptr, 1, P, cols, col_mask, P, BK, DOT_FP32)
-    a_f = tile_matmul(a_f, h_rows, row_mask, w_ptr + H * P, 1, P, cols, col_mask, P, BK, DOT_FP32)
-    a_g = tile_matmul(a_g, h_rows, row_mask, w_ptr + 2 * H * P, 1, P, cols, col_mask, P, BK, DOT_FP32)
-    a_o = tile_matmul(a_o, h_rows, row_mask, w_ptr + 3 * H * P, 1, P, cols, col_mask, P, BK, DOT_FP32)
+    a_i = row_matmul(a_i, h_rows, row_mask, w_ptr, 1, P, cols, col_mask, P, w_i, BK, BP, RESIDENT, DOT_FP32)
+    a_f = row_matmul(a_f, h_rows, row_mask, w_ptr + H * P, 1, P, cols, col_mask, P, w_f, BK, BP, RESIDENT, DOT_FP32)
+    a_g = row_matmul(a_g, h_rows, row_mask, w_ptr + 2 * H * P, 1, P, cols, col_mask, P, w_g, BK, BP, RESIDENT, DOT_FP32)
+    a_o = row_matmul(a_o, h_rows, row_mask, w_ptr + 3 * H * P, 1, P, cols, col_mask, P, w_o, BK, BP, RESIDENT, DOT_FP32)
     i = sigmoid(a_i)  # [BB, BH]
     f = sigmoid(a_f)
     g = tanh(a_g)
@@ -130,16 +140,21 @@ def lstm_proj_step(
     B,
     H,
     P,
+    w_res,
     BB: tl.constexpr,
     BP: tl.constexpr,
     BK: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
-    """One [BB, BP] tile of h_t = m_t @ W_hr^T (proj_size), after every m tile of step t is written."""
+    """One [BB, BP] tile of h_t = m_t @ W_hr^T (proj_size), after every m tile of step t is written. RESIDENT:
+    ``w_res`` is the tile's resident [BHP, BP] block of W_hr^T."""
     cols = p0 + tl.arange(0, BP)
     col_mask = cols < P
     h = tl.zeros([BB, BP], tl.float32)
-    h = tile_matmul(h, ms_ptr + (m_slot * B + rows) * H, row_mask, w_hr_ptr, 1, H, cols, col_mask, H, BK, DOT_FP32)
+    m_rows = ms_ptr + (m_slot * B + rows) * H  # [BB]
+    h = row_matmul(h, m_rows, row_mask, w_hr_ptr, 1, H, cols, col_mask, H, w_res, BK, BHP, RESIDENT, DOT_FP32)
     emit_h(t, s_in, s_out, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, P)
 
 
@@ -195,18 +210,24 @@ def lstm_fwd_kernel(
                 B,
                 H,
                 P,
+                0,
+                0,
+                0,
+                0,
                 SAVE,
                 HAS_PROJ,
                 BH,
                 BK,
+                BK,
+                False,
                 DOT_FP32,
             )
         tl.debug_barrier()
         if HAS_PROJ:
             for p0 in range(0, P, BH):
                 lstm_proj_step(
-                    t, s_in, s_out, m_slot, p0, rows, row_mask, live, ms_ptr, w_hr_ptr, hs_ptr, y_ptr, B, H, P,
-                    BB, BH, BK, DOT_FP32,
+                    t, s_in, s_out, m_slot, p0, rows, row_mask, live, ms_ptr, w_hr_ptr, hs_ptr, y_ptr, B, H, P, 0,
+                    BB, BH, BK, BK, False, DOT_FP32,
                 )  # fmt: skip
             tl.debug_barrier()
 
@@ -244,14 +265,17 @@ def lstm_bwd_step(
     B,
     H,
     P,
+    w_m,
     HAS_PROJ: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """One [BB, BH] tile of backward step t (states before/after it in cs[s_in], cs[s_out]): gate gradients
-    dg[t] and the dc carry."""
+    dg[t] and the dc carry. RESIDENT (proj_size): ``w_m`` is the tile's resident [BP, BH] block of W_hr."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
@@ -259,7 +283,8 @@ def lstm_bwd_step(
     G = 4 * H
     if HAS_PROJ:
         dm = tl.zeros([BB, BH], tl.float32)
-        dm = tile_matmul(dm, dhs_ptr + (t * B + rows) * P, row_mask, w_hr_ptr, H, 1, cols, col_mask, P, BK, DOT_FP32)
+        dhs_rows = dhs_ptr + (t * B + rows) * P  # [BB]
+        dm = row_matmul(dm, dhs_rows, row_mask, w_hr_ptr, H, 1, cols, col_mask, P, w_m, BK, BP, RESIDENT, DOT_FP32)
     else:
         dm = load_dh(t, cols, col_mask, rows, row_mask, live, dy_ptr, dh_ptr, B, P)  # [BB, BH]
         tl.store(dh_ptr + rows[:, None] * P + cols[None, :], tl.where(live2, 0.0, dm), mask=mask)
@@ -335,15 +360,20 @@ def lstm_bwd_kernel(
                 B,
                 H,
                 P,
+                0,
                 HAS_PROJ,
                 BB,
                 BH,
                 BK,
+                BK,
+                False,
                 DOT_FP32,
             )
         tl.debug_barrier()
         for p0 in range(0, P, BH):
-            dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, 4 * H, P, BH, BK, DOT_FP32)
+            dh_recur_step(
+                t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, 4 * H, P, 0, 0, 0, 0, 4, BH, BK, BK, False, DOT_FP32
+            )
         tl.debug_barrier()
 
 
@@ -371,17 +401,31 @@ def lstm_fwd_persistent_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BP: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """Whole-sequence LSTM forward, persistent: program (slice, group) owns the hidden tiles slice,
     slice + N_H, ... (all four gates of them, so c stays with its owner) and the projection tiles numbered
     alike, for the batch tiles group, group + groups, ...; the programs of a group exchange h_t through hs
-    and meet at one grid barrier per step (two with proj_size: m_t, then h_t). Buffers as lstm_fwd_kernel;
-    bar holds one zeroed int32 counter per batch group."""
+    and meet at one grid barrier per step (two with proj_size: m_t, then h_t). RESIDENT (one hidden and one
+    projection tile per program): its W_hh rows (and W_hr rows) are loaded once, before the time loop.
+    Buffers as lstm_fwd_kernel; bar holds one zeroed int32 counter per batch group."""
     pid_h, group, n_groups = persistent_ids(N_H)
     bar = bar_ptr + group
     n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
     PHASES: tl.constexpr = 2 if HAS_PROJ else 1
+    units = pid_h * BH + tl.arange(0, BH)  # the hidden (and projection) units of this program's tile
+    w_i = 0
+    w_f = 0
+    w_g = 0
+    w_o = 0
+    w_r = 0
+    if RESIDENT:
+        w_i, w_f, w_g, w_o = resident_gate_blocks(w_ptr, H, P, units, units < H, P, 1, P, 4, BP)  # 4 x [BP, BH]
+        if HAS_PROJ:
+            w_r = load_resident(w_hr_ptr, 1, H, units, units < P, H, BHP)  # [BHP, BH]
     for s in range(0, T):
         t = step_time(s, T, REVERSE)
         s_in, s_out = state_slots(t, REVERSE, SAVE)
@@ -392,7 +436,7 @@ def lstm_fwd_persistent_kernel(
             for j0 in range(pid_h * BH, H, N_H * BH):
                 lstm_fwd_step(
                     t, s_in, s_out, m_slot, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, cs_ptr, gates_ptr,
-                    ms_ptr, y_ptr, B, H, P, SAVE, HAS_PROJ, BH, BK, DOT_FP32,
+                    ms_ptr, y_ptr, B, H, P, w_i, w_f, w_g, w_o, SAVE, HAS_PROJ, BH, BK, BP, RESIDENT, DOT_FP32,
                 )  # fmt: skip
         grid_sync(bar, N_H, s * PHASES + 1)
         if HAS_PROJ:
@@ -402,7 +446,7 @@ def lstm_fwd_persistent_kernel(
                 for p0 in range(pid_h * BH, P, N_H * BH):
                     lstm_proj_step(
                         t, s_in, s_out, m_slot, p0, rows, row_mask, live, ms_ptr, w_hr_ptr, hs_ptr, y_ptr, B, H, P,
-                        BB, BH, BK, DOT_FP32,
+                        w_r, BB, BH, BK, BHP, RESIDENT, DOT_FP32,
                     )  # fmt: skip
             grid_sync(bar, N_H, s * PHASES + 2)
 
@@ -431,16 +475,31 @@ def lstm_bwd_persistent_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BP: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """Whole-sequence LSTM backward, persistent, tiles owned as in lstm_fwd_persistent_kernel. Per step the
     owner of a tile writes dG_t for its units, meets the others at the grid barrier, then forms its slice
     of dh_{t-1} = dG_t W_hh, which only it reads next (so one barrier per step; proj_size adds one after
-    dL/dh_t, which every unit's dm needs). Buffers as lstm_bwd_kernel."""
+    dL/dh_t, which every unit's dm needs). RESIDENT (one tile per program): the W_hh columns of its
+    projection tile, every gate's rows (and the W_hr columns of its hidden tile), are loaded once, before the
+    time loop. Buffers as lstm_bwd_kernel."""
     pid_h, group, n_groups = persistent_ids(N_H)
     bar = bar_ptr + group
     n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
     PHASES: tl.constexpr = 2 if HAS_PROJ else 1
+    units = pid_h * BH + tl.arange(0, BH)  # the hidden (and projection) units of this program's tile
+    w0 = 0
+    w1 = 0
+    w2 = 0
+    w3 = 0
+    w_m = 0
+    if RESIDENT:
+        w0, w1, w2, w3 = resident_gate_blocks(w_ptr, H, P, units, units < P, H, P, 1, 4, BHP)  # 4 x [BHP, BH]
+        if HAS_PROJ:
+            w_m = load_resident(w_hr_ptr, H, 1, units, units < H, P, BP)  # [BP, BH]
     for s in range(0, T):
         t = step_time_bwd(s, T, REVERSE)
         s_in, s_out = state_slots(t, REVERSE, True)
@@ -457,10 +516,13 @@ def lstm_bwd_persistent_kernel(
             for j0 in range(pid_h * BH, H, N_H * BH):
                 lstm_bwd_step(
                     t, s_in, s_out, j0, rows, row_mask, live, dy_ptr, dh_ptr, dc_ptr, dg_ptr, dhs_ptr, gates_ptr,
-                    cs_ptr, w_hr_ptr, B, H, P, HAS_PROJ, BB, BH, BK, DOT_FP32,
+                    cs_ptr, w_hr_ptr, B, H, P, w_m, HAS_PROJ, BB, BH, BK, BP, RESIDENT, DOT_FP32,
                 )  # fmt: skip
         grid_sync(bar, N_H, s * PHASES + PHASES)
         for i in range(0, n_mine):
             rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
             for p0 in range(pid_h * BH, P, N_H * BH):
-                dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, 4 * H, P, BH, BK, DOT_FP32)
+                dh_recur_step(
+                    t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, 4 * H, P, w0, w1, w2, w3, 4, BH, BK, BHP, RESIDENT,
+                    DOT_FP32,
+                )  # fmt: skip

@@ -11,6 +11,7 @@ Glossary:
     y      [T, B, H]    output (input dtype), zero where t >= lengths[b]
     dy     [T, B, H]    upstream output gradient;  dh [B, H] fp32 carried gradient
     dg     [T, B, H]    fp32 gradient of the pre-activation
+    BHP    H padded to a power of two: the reduction block of a resident W_hh slice (persistent RESIDENT only)
 
 Design as in lstm.py. Forward: h_t = act(gx_t + h_{t-1} W_hh^T). Backward: da = dh act'(h_t), with
 tanh' = 1 - h_t^2 and relu' = [h_t > 0], both read off the saved state, so nothing beyond the states is
@@ -26,11 +27,12 @@ from fastrnn.kernels.common import (
     grid_sync,
     load_dh,
     persistent_ids,
+    resident_gate_blocks,
+    row_matmul,
     state_slots,
     step_time,
     step_time_bwd,
     tanh,
-    tile_matmul,
 )
 
 
@@ -49,19 +51,22 @@ def rnn_fwd_step(
     y_ptr,
     B,
     H,
+    w_res,
     ACT: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t, reading state slot s_in and writing
-    s_out (see state_slots)."""
+    s_out (see state_slots). RESIDENT: ``w_res`` is the tile's resident [BHP, BH] block of W_hh^T."""
     cols = j0 + tl.arange(0, BH)
     col_mask = cols < H
     mask = row_mask[:, None] & col_mask[None, :]
     h_rows = hs_ptr + (s_in * B + rows) * H  # [BB]
     a = tl.load(gx_ptr + (t * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    a = tile_matmul(a, h_rows, row_mask, w_ptr, 1, H, cols, col_mask, H, BK, DOT_FP32)  # [BB, BH]
+    a = row_matmul(a, h_rows, row_mask, w_ptr, 1, H, cols, col_mask, H, w_res, BK, BHP, RESIDENT, DOT_FP32)
     if ACT == 0:
         h = tanh(a)
     else:
@@ -97,8 +102,9 @@ def rnn_fwd_kernel(
         live = t < lens  # [BB]
         for j0 in range(0, H, BH):
             rnn_fwd_step(
-                t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, y_ptr, B, H, ACT, BH, BK, DOT_FP32
-            )
+                t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, y_ptr, B, H, 0, ACT, BH, BK, BK,
+                False, DOT_FP32,
+            )  # fmt: skip
         tl.debug_barrier()
 
 
@@ -165,7 +171,9 @@ def rnn_bwd_kernel(
             rnn_bwd_step(t, s_out, j0, rows, row_mask, live, dy_ptr, dh_ptr, dg_ptr, hs_ptr, B, H, ACT, BH)
         tl.debug_barrier()
         for p0 in range(0, H, BH):
-            dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, H, H, BH, BK, DOT_FP32)
+            dh_recur_step(
+                t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, H, H, 0, 0, 0, 0, 1, BH, BK, BK, False, DOT_FP32
+            )
         tl.debug_barrier()
 
 
@@ -188,14 +196,21 @@ def rnn_fwd_persistent_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """Whole-sequence RNN forward, persistent: program (slice, group) owns hidden tiles slice, slice + N_H, ...
     of batch tiles group, group + groups, ...; one grid barrier per step (see lstm_fwd_persistent_kernel).
-    Buffers as rnn_fwd_kernel; bar holds one zeroed int32 per batch group."""
+    RESIDENT (one hidden tile per program): its W_hh rows are loaded once, before the time loop. Buffers as
+    rnn_fwd_kernel; bar holds one zeroed int32 per batch group."""
     pid_h, group, n_groups = persistent_ids(N_H)
     bar = bar_ptr + group
     n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    units = pid_h * BH + tl.arange(0, BH)
+    w_res = 0
+    if RESIDENT:
+        w_res, _, _, _ = resident_gate_blocks(w_ptr, H, H, units, units < H, H, 1, H, 1, BHP)  # [BHP, BH]
     for s in range(0, T):
         t = step_time(s, T, REVERSE)
         s_in, s_out = state_slots(t, REVERSE, SAVE)
@@ -204,8 +219,9 @@ def rnn_fwd_persistent_kernel(
             live = t < lens  # [BB]
             for j0 in range(pid_h * BH, H, N_H * BH):
                 rnn_fwd_step(
-                    t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, y_ptr, B, H, ACT, BH, BK, DOT_FP32
-                )
+                    t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, hs_ptr, y_ptr, B, H, w_res, ACT, BH, BK,
+                    BHP, RESIDENT, DOT_FP32,
+                )  # fmt: skip
         grid_sync(bar, N_H, s + 1)
 
 
@@ -228,13 +244,20 @@ def rnn_bwd_persistent_kernel(
     BB: tl.constexpr,
     BH: tl.constexpr,
     BK: tl.constexpr,
+    BHP: tl.constexpr,
+    RESIDENT: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
     """Whole-sequence RNN backward, persistent, one grid barrier per step (see gru_bwd_persistent_kernel).
-    Buffers as rnn_bwd_kernel."""
+    RESIDENT (one tile per program): its W_hh columns are loaded once, before the time loop. Buffers as
+    rnn_bwd_kernel."""
     pid_h, group, n_groups = persistent_ids(N_H)
     bar = bar_ptr + group
     n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
+    units = pid_h * BH + tl.arange(0, BH)
+    w0 = 0
+    if RESIDENT:
+        w0, _, _, _ = resident_gate_blocks(w_ptr, H, H, units, units < H, H, H, 1, 1, BHP)  # [BHP, BH]
     for s in range(0, T):
         t = step_time_bwd(s, T, REVERSE)
         _, s_out = state_slots(t, REVERSE, True)
@@ -247,4 +270,7 @@ def rnn_bwd_persistent_kernel(
         for i in range(0, n_mine):
             rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
             for p0 in range(pid_h * BH, H, N_H * BH):
-                dh_recur_step(t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, H, H, BH, BK, DOT_FP32)
+                dh_recur_step(
+                    t, p0, rows, row_mask, dg_ptr, w_ptr, dh_ptr, B, H, H, w0, 0, 0, 0, 1, BH, BK, BHP, RESIDENT,
+                    DOT_FP32,
+                )  # fmt: skip

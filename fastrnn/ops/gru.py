@@ -42,11 +42,12 @@ def gru(
     y = torch.empty((T, B, H), dtype=gx.dtype, device=dev)
     if T > 0 and B > 0 and strategy == "persistent":
         pg = S.persistent_grid(B, H, H, dev)
-        L.count("gru_fwd_persistent")
+        res = S.resident_args("gru", pg, H, H, mm)
+        L.count(S.kernel_name("gru_fwd_persistent", res))
         gru_kernels.gru_fwd_persistent_kernel[(pg.programs,)](
             gx, w, b, gx if lengths is None else lengths, hs, gates, y, S.barrier_counters(pg, dev), T, B, H, pg.n_h,
             REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_BIAS=b_hh is not None, SAVE=save,
-            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **res, **S.launch_options(dev),
         )  # fmt: skip
     elif T > 0 and B > 0:
         L.count("gru_fwd")
@@ -94,11 +95,12 @@ def gru_backward(
     dgh = torch.empty((T, B, 3 * H), dtype=torch.float32, device=dev)
     if T > 0 and B > 0 and strategy == "persistent":
         pg = S.persistent_grid(B, H, H, dev)
-        L.count("gru_bwd_persistent")
+        res = S.resident_args("gru", pg, H, H, mm)
+        L.count(S.kernel_name("gru_bwd_persistent", res))
         gru_kernels.gru_bwd_persistent_kernel[(pg.programs,)](
             dy, gates, hs, w, dy if lengths is None else lengths, dh, dgx, dgh, S.barrier_counters(pg, dev),
             T, B, H, pg.n_h, REVERSE=int(reverse), HAS_LEN=lengths is not None,
-            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **res, **S.launch_options(dev),
         )  # fmt: skip
     elif T > 0 and B > 0:
         L.count("gru_bwd")

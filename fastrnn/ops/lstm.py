@@ -54,11 +54,12 @@ def lstm(
     y = torch.empty((T, B, P), dtype=gx.dtype, device=dev)
     if T > 0 and B > 0 and strategy == "persistent":
         pg = S.persistent_grid(B, H, P, dev)
-        L.count("lstm_fwd_persistent")
+        res = S.resident_args("lstm", pg, H, P, mm)
+        L.count(S.kernel_name("lstm_fwd_persistent", res))
         lstm_kernels.lstm_fwd_persistent_kernel[(pg.programs,)](
             gx, w, w_r, _lengths_arg(lengths, gx), hs, cs, gates, ms, y, S.barrier_counters(pg, dev), T, B, H, P,
             pg.n_h, REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_PROJ=w_hr is not None, SAVE=save,
-            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(max(H, P)), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(max(H, P)), DOT_FP32=L.dot_fp32(mm), **res, **S.launch_options(dev),
         )  # fmt: skip
     elif T > 0 and B > 0:
         L.count("lstm_fwd")
@@ -119,11 +120,12 @@ def lstm_backward(
     dhs = torch.empty((T, B, P) if w_hr is not None else (0,), dtype=torch.float32, device=dev)
     if T > 0 and B > 0 and strategy == "persistent":
         pg = S.persistent_grid(B, H, P, dev)
-        L.count("lstm_bwd_persistent")
+        res = S.resident_args("lstm", pg, H, P, mm)
+        L.count(S.kernel_name("lstm_bwd_persistent", res))
         lstm_kernels.lstm_bwd_persistent_kernel[(pg.programs,)](
             dy, gates, cs, w, w_r, _lengths_arg(lengths, dy), dh, dc, dg, dhs, S.barrier_counters(pg, dev),
             T, B, H, P, pg.n_h, REVERSE=int(reverse), HAS_LEN=lengths is not None, HAS_PROJ=w_hr is not None,
-            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(max(H, P)), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(max(H, P)), DOT_FP32=L.dot_fp32(mm), **res, **S.launch_options(dev),
         )  # fmt: skip
     elif T > 0 and B > 0:
         L.count("lstm_bwd")

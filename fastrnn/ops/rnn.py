@@ -39,11 +39,12 @@ def rnn(
     y = torch.empty((T, B, H), dtype=gx.dtype, device=dev)
     if T > 0 and B > 0 and strategy == "persistent":
         pg = S.persistent_grid(B, H, H, dev)
-        L.count("rnn_fwd_persistent")
+        res = S.resident_args("rnn_tanh", pg, H, H, mm)
+        L.count(S.kernel_name("rnn_fwd_persistent", res))
         rnn_kernels.rnn_fwd_persistent_kernel[(pg.programs,)](
             gx, w, gx if lengths is None else lengths, hs, y, S.barrier_counters(pg, dev), T, B, H, pg.n_h,
             REVERSE=int(reverse), HAS_LEN=lengths is not None, ACT=ACTIVATIONS[nonlinearity], SAVE=save,
-            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **res, **S.launch_options(dev),
         )  # fmt: skip
     elif T > 0 and B > 0:
         L.count("rnn_fwd")
@@ -87,11 +88,12 @@ def rnn_backward(
     dg = torch.empty((T, B, H), dtype=torch.float32, device=dev)
     if T > 0 and B > 0 and strategy == "persistent":
         pg = S.persistent_grid(B, H, H, dev)
-        L.count("rnn_bwd_persistent")
+        res = S.resident_args("rnn_tanh", pg, H, H, mm)
+        L.count(S.kernel_name("rnn_bwd_persistent", res))
         rnn_kernels.rnn_bwd_persistent_kernel[(pg.programs,)](
             dy, hs, w, dy if lengths is None else lengths, dh, dg, S.barrier_counters(pg, dev), T, B, H, pg.n_h,
             REVERSE=int(reverse), HAS_LEN=lengths is not None, ACT=ACTIVATIONS[nonlinearity],
-            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **S.launch_options(dev),
+            BB=L.BLOCK_B, BH=pg.block_h, BK=L.block(H), DOT_FP32=L.dot_fp32(mm), **res, **S.launch_options(dev),
         )  # fmt: skip
     elif T > 0 and B > 0:
         L.count("rnn_bwd")

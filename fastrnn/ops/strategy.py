@@ -21,6 +21,13 @@ environment variable, else ``auto``. ``persistent`` falls back to ``tiled`` with
 run: under the interpreter with more than one program (programs run one after another there, so a grid
 barrier would spin forever). ``FASTRNN_PERSISTENT_PROGRAMS`` caps the number of programs of a hidden-unit
 split (for sweeping grid sizes on a GPU).
+
+Resident weights (persistent only): where every program owns at most one hidden tile and one projection tile
+and its slice of the recurrent weights fits :data:`RESIDENT_BUDGET` (:func:`resident_fits`), the persistent
+kernels run their ``RESIDENT`` variant: the slice is loaded once, before the time loop, and stays on chip
+(Triton keeps the loop-invariant block in shared memory and feeds the per-step dots from there) instead of
+being re-read from L2 every step. Elsewhere they stream the slice as before; both give the same results.
+``FASTRNN_RESIDENT_WEIGHTS=0`` turns the resident variant off (for comparing the two on a GPU).
 """
 
 from __future__ import annotations
@@ -42,6 +49,21 @@ PROGRAMS_ENV_VAR = "FASTRNN_PERSISTENT_PROGRAMS"
 #: Hidden units per tile of the persistent kernels on a GPU (tl.dot needs N >= 16); a program owns tiles
 #: slice, slice + n_h, ... so any H fits any number of programs.
 PERSISTENT_BLOCK_H = 16
+
+#: Bytes of resident weight slices one persistent program may keep on chip, per matmul dtype, with the
+#: reduction dimension padded to a power of two (see resident_bytes). fp16/bf16 (tensor-core dots read the
+#: slice from shared memory): Hopper has 227 KB of shared memory per block and the compiled kernels also stage
+#: the state rows of each dot there (16 x BKP fp32), so the slice gets a bit over half. fp32 ("ieee" FMA
+#: dots hold their operands in registers): sm_90 compiles spill heavily above 32 KB (LSTM/GRU at H = 256).
+#: Compiled resources per shape: ``python tests/cuda_compile_check.py --resources``.
+RESIDENT_BUDGET = {torch.float16: 128 * 1024, torch.bfloat16: 128 * 1024, torch.float32: 32 * 1024}
+RESIDENT_ENV_VAR = "FASTRNN_RESIDENT_WEIGHTS"
+#: Software-pipelining stages of a resident launch: 1, none. A program's hidden-tile loop runs once there, so
+#: there is nothing to overlap, and Triton's default (3) double-buffers the state rows of every dot in shared
+#: memory next to the resident slice.
+RESIDENT_NUM_STAGES = 1
+#: Gate blocks of W_hh per cell (mode)
+_GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 #: Stack of use_strategy() requests, innermost last (a plain list: torch.compile traces reads of it, not of a
 #: ContextVar).
@@ -141,6 +163,56 @@ def select(mode: str, B: int, H: int, P: int, device: torch.device) -> str:
             )
             return "tiled"
     return name
+
+
+def _pad(n: int) -> int:
+    """A reduction dimension n as a resident block's (constexpr) size: a power of two, at least 16."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def resident_bytes(mode: str, H: int, P: int, block_h: int, itemsize: int) -> int:
+    """Bytes of the resident weight slices of one persistent program (the larger of forward and backward).
+
+    Forward: the program's hidden tile of every gate's rows of W_hh, gates x [pad(P), block_h] (with
+    proj_size also its projection tile's rows of W_hr, [pad(H), block_h]). Backward: dh_{t-1} = dG_t W_hh
+    needs the W_hh columns of its projection tile for every gate, gates x [pad(H), block_h] (with proj_size
+    also the W_hr columns of its hidden tile, [pad(P), block_h]). pad: next power of two, at least 16.
+    """
+    gates = _GATES[mode]
+    fwd = gates * _pad(P) * block_h + (_pad(H) * block_h if P != H else 0)
+    bwd = gates * _pad(H) * block_h + (_pad(P) * block_h if P != H else 0)
+    return max(fwd, bwd) * itemsize
+
+
+def resident_fits(mode: str, grid: PersistentGrid, H: int, P: int, mm_dtype: torch.dtype) -> bool:
+    """The fit rule of the resident variant: every program owns at most one hidden and one projection tile
+    (cdiv(max(H, P), block_h) <= n_h) and :func:`resident_bytes` <= :data:`RESIDENT_BUDGET` [mm_dtype]; and
+    ``$FASTRNN_RESIDENT_WEIGHTS`` is not ``0``."""
+    value = os.environ.get(RESIDENT_ENV_VAR, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{RESIDENT_ENV_VAR} must be 0 or 1, got {value!r}")
+    if value == "0" or triton.cdiv(max(H, P), grid.block_h) > grid.n_h:
+        return False
+    itemsize = torch.empty((), dtype=mm_dtype, device="meta").element_size()
+    return resident_bytes(mode, H, P, grid.block_h, itemsize) <= RESIDENT_BUDGET[mm_dtype]
+
+
+def resident_args(mode: str, grid: PersistentGrid, H: int, P: int, mm_dtype: torch.dtype) -> dict[str, int | bool]:
+    """The RESIDENT, BHP (and for LSTM BP) constexprs of a persistent launch: the padded reduction blocks
+    where the slice is resident (compiled per H and P, never per T), else 16 (unused); a resident launch also
+    gets ``num_stages`` = :data:`RESIDENT_NUM_STAGES`."""
+    on = resident_fits(mode, grid, H, P, mm_dtype)
+    args: dict[str, int | bool] = {"RESIDENT": on, "BHP": _pad(H) if on else 16}
+    if mode == "lstm":
+        args["BP"] = _pad(P) if on else 16
+    if on:
+        args["num_stages"] = RESIDENT_NUM_STAGES
+    return args
+
+
+def kernel_name(base: str, args: dict[str, int | bool]) -> str:
+    """The launch-count name of a persistent kernel: ``base``, with ``_resident`` for the resident variant."""
+    return f"{base}_resident" if args["RESIDENT"] else base
 
 
 def barrier_counters(grid: PersistentGrid, device: torch.device) -> torch.Tensor:
