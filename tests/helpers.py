@@ -12,6 +12,16 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
     torch.bfloat16: (2e-2, 2e-2),
 }
 
+#: max relative (Frobenius) error ||out - ref|| / ||ref|| against an fp64 reference, for whole tensors of
+#: realistic size (GPU-sized kernel checks, low-precision module checks)
+REL_TOL: dict[torch.dtype, float] = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def rel_error(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in fp64."""
+    r, o = ref.detach().double(), out.detach().double().to(ref.device)
+    return ((o - r).norm() / r.norm().clamp_min(1e-30)).item()
+
 
 def assert_close(name: str, ref: torch.Tensor | None, out: torch.Tensor | None, dtype=None, scale: float = 1.0):
     """Compare ``out`` with ``ref`` under the tolerance of ``dtype`` (default: out's dtype).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-from helpers import assert_close
+from helpers import REL_TOL, assert_close, rel_error
 
 from fastrnn import ops, reference
 
@@ -109,16 +109,6 @@ def check_recurrence(
         assert x.grad is not None, f"d{name}: no gradient"
         assert x.grad.dtype == x.dtype, f"d{name}: dtype {x.grad.dtype} != {name} dtype {x.dtype}"
         assert_close(f"d{name}", ref_inputs[name].grad, x.grad, dtype=dtype, scale=scale)
-
-
-#: max relative (Frobenius) error against the fp64 reference for the large GPU checks
-REL_TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-
-def rel_error(ref: torch.Tensor, out: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in fp64."""
-    r, o = ref.detach().double(), out.detach().double().to(ref.device)
-    return ((o - r).norm() / r.norm().clamp_min(1e-30)).item()
 
 
 def check_large(mode: str, T: int, B: int, H: int, dtype: torch.dtype, proj: int = 0, reverse: bool = False):

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import REL_TOL, rel_error
 from parity import has_triton_recurrence, triton_device
 
 import fastrnn
 
-#: relative L2 error bound per dtype, for every output and gradient
-BOUND = {torch.float16: 3e-3, torch.bfloat16: 2.5e-2}
 BACKENDS = ["reference", pytest.param("triton", marks=pytest.mark.skipif(not has_triton_recurrence(), reason="no ops"))]
 
 
@@ -30,7 +29,7 @@ def _outputs_and_grads(module, x, ups):
 
 
 def _rel_errors(got, ref):
-    return [((g - r).norm() / r.norm()).item() for g, r in zip(got, ref, strict=True)]
+    return [rel_error(r, g) for g, r in zip(got, ref, strict=True)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
@@ -49,5 +48,5 @@ def test_low_precision_as_close_to_fp64_as_torch(cls, backend, dtype):
     ours = _rel_errors(_outputs_and_grads(fastrnn.from_torch(exact, backend=backend).to(device, dtype),
                                           x.to(device, dtype), ups), truth)
     theirs = _rel_errors(_outputs_and_grads(fastrnn.to_torch(truth_module).to(dtype), x.to(dtype), ups), truth)
-    assert max(ours) <= BOUND[dtype], f"max relative error {max(ours):.2e} > {BOUND[dtype]:.0e}"
+    assert max(ours) <= REL_TOL[dtype], f"max relative error {max(ours):.2e} > {REL_TOL[dtype]:.0e}"
     assert max(ours) <= 1.25 * max(theirs), f"fastrnn {max(ours):.2e} vs torch.nn {max(theirs):.2e}"
