@@ -1,361 +1,214 @@
-"""GRU recurrence kernels: the step body, the forward kernel and the backward kernel.
+"""GRU recurrence kernels: the gate math, the tile steps and the four whole-sequence kernels (tiled and
+persistent, forward and backward).
 
-Glossary:
-    T time, B batch, H hidden (h is [B, H]), G = 3H (gates r, z, n)
-    BB batch rows per program, BH hidden units per tile, BK reduction chunk (all >= 16)
+Glossary (see common.py for the tiling):
+    T time, B batch, H hidden (h is [B, H]), G = 3H (gates r, z, n; a slice has a fourth, zero gate slot)
     gx     [T, B, G]    input projection x W_ih^T + b_ih (input dtype); b_hh stays apart
-    w      [G, H]       W_hh in the matmul dtype;  b [G] fp32 b_hh (optional)
-    hs     [T+1, B, H]  fp32 hidden states: h before step t at hs[t + REVERSE], after it at hs[t + 1 - REVERSE]
-                        ([2, B, H] ping-pong without SAVE, see common.state_slots)
+    w      [G, H]       W_hh in the matmul dtype;  b [G] fp32 b_hh (zeros without bias)
+    hs     [S, B, H]    fp32 hidden states (common.state_slots)
     gates  [T, B, 4H]   fp32 saved for the backward (SAVE only): r, z, n and hn = h_{t-1} W_hn^T + b_hn
-    y      [T, B, H]    output (input dtype), zero where t >= lengths[b]
-    dy     [T, B, H]    upstream output gradient;  dh [B, H] fp32 carried gradient
-    dgx    [T, B, G]    gradient of gx (input dtype)
-    dgh    [T, B, G]    fp32 gradient of the recurrent pre-activations h W_hh^T + b_hh
-    BHP    H padded to a power of two: the reduction block of a resident W_hh slice (persistent RESIDENT only)
-
-Design as in lstm.py: one program per batch tile runs the whole sequence with a block barrier between the
-phases of a step; the step bodies handle one [BB, BH] tile of one step.
+    y      [T, B, H]    output (input dtype), zero where t >= lengths[b];  xh [2, B, H] h_t exchanged
+    dy     [T, B, H]    upstream output gradient;  dh [B, H] fp32 carry (dh_n in, dh0 out)
+    dgx    [T, B, G]    gradient of gx (input dtype);  dgh [T, B, G] fp32 gradient of h W_hh^T + b_hh
+    xz     [2, NT, B, H] fp32 partials of dgh_t W_hh, one per unit tile
 
 Forward, per step t (torch's semantics):  gh = h_{t-1} W_hh^T + b_hh;  r = sigmoid(x_r + gh_r);
     z = sigmoid(x_z + gh_z);  n = tanh(x_n + r hn) with hn = gh_n;  h_t = n + z (h_{t-1} - n).
 Backward, per step (reverse order), dh = dy_t + carried dh:
     dn = dh (1-z) (1-n^2);  dz = dh (h_{t-1} - n) z(1-z);  dr = dn hn r(1-r);
     dgx = [dr, dz, dn];  dgh = [dr, dz, dn r];  dh_{t-1} = dh z + dgh W_hh.
-Frozen rows (t >= lengths[b]) pass dh through and get zero gate gradients. dW_hh = sum_t dgh_t^T h_{t-1}
-(one GEMM) and db_hh = sum dgh are computed in the launcher. Saving r, z, n, hn (4H floats per row and
-step, plus the states) trades memory for not recomputing the recurrent GEMM in the backward.
+Frozen columns (t >= lengths[b]) pass dh through and get zero gate gradients. dW_hh = sum_t dgh_t^T h_{t-1}
+and db_hh = sum dgh are computed in the launcher. Saving r, z, n, hn trades memory for not recomputing the
+recurrent GEMM in the backward.
 """
 
 import triton
 import triton.language as tl
 from fastrnn.kernels.common import (
-    batch_rows,
-    dh_recur_step,
+    backward_loop,
+    batch_live,
+    dh_local,
+    dh_total,
     emit_h,
-    grid_sync,
-    load_dh,
-    persistent_ids,
-    resident_gate_blocks,
-    row_matmul,
+    forward_loop,
+    gate_rows,
+    join_gates,
+    load_tile,
+    scatter_partials,
+    set_carry,
     sigmoid,
+    slice_matmul,
+    slot_base,
+    split_gates,
     state_slots,
     step_time,
     step_time_bwd,
     tanh,
+    tile_ids,
+    tile_offs,
+    wait_for,
 )
 
 
 @triton.jit
-def gru_fwd_step(
-    t,
-    s_in,
-    s_out,
-    j0,
-    rows,
-    row_mask,
-    live,
-    gx_ptr,
-    w_ptr,
-    b_ptr,
-    hs_ptr,
-    gates_ptr,
-    y_ptr,
-    B,
-    H,
-    w_r,
-    w_z,
-    w_n,
-    SAVE: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BB: tl.constexpr,
-    BH: tl.constexpr,
-    BK: tl.constexpr,
-    BHP: tl.constexpr,
-    RESIDENT: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-):
-    """One [BB, BH] tile (hidden units j0..j0+BH) of forward step t, reading state slot s_in and writing
-    s_out (see state_slots). RESIDENT: w_r, w_z, w_n are the tile's resident [BHP, BH] blocks of W_hh^T."""
-    cols = j0 + tl.arange(0, BH)
-    col_mask = cols < H
-    mask = row_mask[:, None] & col_mask[None, :]
-    G = 3 * H
-    h_rows = hs_ptr + (s_in * B + rows) * H  # [BB]
-    g_offs = (t * B + rows)[:, None] * G + cols[None, :]  # [BB, BH]
-    a_r = tl.load(gx_ptr + g_offs, mask=mask, other=0.0).to(tl.float32)
-    a_z = tl.load(gx_ptr + g_offs + H, mask=mask, other=0.0).to(tl.float32)
-    x_n = tl.load(gx_ptr + g_offs + 2 * H, mask=mask, other=0.0).to(tl.float32)
-    hn = tl.zeros([BB, BH], tl.float32)
-    a_r = row_matmul(a_r, h_rows, row_mask, w_ptr, 1, H, cols, col_mask, H, w_r, BK, BHP, RESIDENT, DOT_FP32)
-    a_z = row_matmul(a_z, h_rows, row_mask, w_ptr + H * H, 1, H, cols, col_mask, H, w_z, BK, BHP, RESIDENT, DOT_FP32)
-    hn = row_matmul(hn, h_rows, row_mask, w_ptr + 2 * H * H, 1, H, cols, col_mask, H, w_n, BK, BHP, RESIDENT, DOT_FP32)
-    if HAS_BIAS:
-        a_r += tl.load(b_ptr + cols, mask=col_mask, other=0.0)[None, :]
-        a_z += tl.load(b_ptr + H + cols, mask=col_mask, other=0.0)[None, :]
-        hn += tl.load(b_ptr + 2 * H + cols, mask=col_mask, other=0.0)[None, :]
-    r = sigmoid(a_r)  # [BB, BH]
+def gru_cell(a_r, a_z, x_n, hn, h_prev):
+    """The gate math of one step: r, z, n and h_t."""
+    r = sigmoid(a_r)
     z = sigmoid(a_z)
     n = tanh(x_n + r * hn)
-    h_prev = tl.load(h_rows[:, None] + cols[None, :], mask=mask, other=0.0)  # [BB, BH]
-    h = n + z * (h_prev - n)
-    s_offs = (t * B + rows)[:, None] * (4 * H) + cols[None, :]
+    return r, z, n, n + z * (h_prev - n)
+
+
+@triton.jit
+def gru_cell_grad(dh, r, z, n, hn, h_prev):
+    """Gradients of the gate pre-activations (dr, dz, dn) and the direct part of dh_{t-1}, given dL/dh_t."""
+    dn = dh * (1 - z) * (1 - n * n)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    return dn * hn * r * (1 - r), dz, dn, dh * z
+
+
+@triton.jit
+def gru_fwd_tile(
+    bufs, res, w_ptr, flags, target, s, j, b0, T, B, H, P, N_H,
+    NG: tl.constexpr, NGS: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr, HAS_LEN: tl.constexpr,
+    HAS_PROJ: tl.constexpr, PERSISTENT: tl.constexpr, RESIDENT: tl.constexpr, BU: tl.constexpr, BN: tl.constexpr,
+    KC: tl.constexpr, NKC: tl.constexpr, NF: tl.constexpr, PREC: tl.constexpr, OPT: tl.constexpr,
+):  # fmt: skip
+    """Unit tile j of batch tile b0 at step s: r, z, n from h_{t-1} (xh) and h_t."""
+    gx_ptr, len_ptr, hs_ptr, y_ptr, xh_ptr, b_ptr, gates_ptr = bufs
+    t = step_time(s, T, REVERSE)
+    s_in, s_out = state_slots(t, REVERSE, SAVE)
+    units, unit_mask, cols, col_mask = tile_ids(j, b0, H, B, BU, BN)
+    mask = unit_mask[:, None] & col_mask[None, :]
+    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    g_ptrs = gx_ptr + slot_base(t, B, 3 * H) + tile_offs(cols, 3 * H, units)  # [BU, BN]
+    x_r = load_tile(g_ptrs, mask) + tl.load(b_ptr + units, mask=unit_mask, other=0.0)[:, None]
+    x_z = load_tile(g_ptrs + H, mask) + tl.load(b_ptr + H + units, mask=unit_mask, other=0.0)[:, None]
+    x_n = load_tile(g_ptrs + 2 * H, mask)
+    b_n = tl.load(b_ptr + 2 * H + units, mask=unit_mask, other=0.0)[:, None]
+    h_prev = load_tile(hs_ptr + slot_base(s_in, B, H) + tile_offs(cols, H, units), mask)
+    if PERSISTENT:
+        wait_for(flags, N_H, target, NF)
+    rows, row_mask = gate_rows(j, H, NG, NGS, BU)
+    acc = tl.zeros([NGS * BU, BN], tl.float32)
+    acc = slice_matmul(
+        acc, res, w_ptr, rows * H, row_mask, 1, xh_ptr + slot_base((s + 1) % 2, B, H), cols * H, col_mask, H,
+        KC, NKC, RESIDENT, PREC,
+    )  # fmt: skip
+    gh_r, gh_z, gh_n, _ = split_gates(acc, NGS, BU, BN)
+    hn = gh_n + b_n
+    r, z, n, h = gru_cell(x_r + gh_r, x_z + gh_z, x_n, hn, h_prev)
+    emit_h(h, h_prev, live, t, s_out, s % 2, cols, units, mask, hs_ptr, y_ptr, xh_ptr, B, H)
     if SAVE:
-        tl.store(gates_ptr + s_offs, r, mask=mask)
-        tl.store(gates_ptr + s_offs + H, z, mask=mask)
-        tl.store(gates_ptr + s_offs + 2 * H, n, mask=mask)
-        tl.store(gates_ptr + s_offs + 3 * H, hn, mask=mask)
-    emit_h(t, s_in, s_out, h, cols, col_mask, rows, row_mask, live, hs_ptr, y_ptr, B, H)
+        s_ptrs = gates_ptr + slot_base(t, B, 4 * H) + tile_offs(cols, 4 * H, units)
+        tl.store(s_ptrs, r, mask=mask)
+        tl.store(s_ptrs + H, z, mask=mask)
+        tl.store(s_ptrs + 2 * H, n, mask=mask)
+        tl.store(s_ptrs + 3 * H, hn, mask=mask)
+
+
+@triton.jit
+def gru_bwd_tile(
+    bufs, res, res_r, w_ptr, w_hr_ptr, flags, target, s, j, b0, T, B, H, P, N_H,
+    NG: tl.constexpr, NGS: tl.constexpr, REVERSE: tl.constexpr, HAS_LEN: tl.constexpr, HAS_PROJ: tl.constexpr,
+    PERSISTENT: tl.constexpr, RESIDENT: tl.constexpr, BU: tl.constexpr, BN: tl.constexpr, KC: tl.constexpr,
+    NKC: tl.constexpr, KCH: tl.constexpr, NKCH: tl.constexpr, NF: tl.constexpr, NPC: tl.constexpr,
+    PREC: tl.constexpr, OPT: tl.constexpr,
+):  # fmt: skip
+    """Unit tile j of batch tile b0 at backward step s: dh_t from the partials, dgx[t], dgh[t], the direct dh carry
+    and the tile's partial of dgh_t W_hh."""
+    dy_ptr, len_ptr, dh_ptr, xz_ptr, gates_ptr, hs_ptr, dgx_ptr, dgh_ptr = bufs
+    t = step_time_bwd(s, T, REVERSE)
+    s_in, _ = state_slots(t, REVERSE, True)
+    units, unit_mask, cols, col_mask = tile_ids(j, b0, H, B, BU, BN)
+    mask = unit_mask[:, None] & col_mask[None, :]
+    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    s_ptrs = gates_ptr + slot_base(t, B, 4 * H) + tile_offs(cols, 4 * H, units)
+    r = load_tile(s_ptrs, mask)
+    z = load_tile(s_ptrs + H, mask)
+    n = load_tile(s_ptrs + 2 * H, mask)
+    hn = load_tile(s_ptrs + 3 * H, mask)
+    h_prev = load_tile(hs_ptr + slot_base(s_in, B, H) + tile_offs(cols, H, units), mask)
+    dh = dh_local(bufs, t, cols, units, mask, live, B, H)
+    if PERSISTENT:
+        wait_for(flags, N_H, target, NF)
+    dh = dh_total(dh, bufs, s, cols, col_mask, units, unit_mask, B, H, H, BU, NPC)
+    dr, dz, dn, dh_direct = gru_cell_grad(dh, r, z, n, hn, h_prev)
+    dr = tl.where(live, dr, 0.0)
+    dz = tl.where(live, dz, 0.0)
+    dn = tl.where(live, dn, 0.0)
+    rows, row_mask = gate_rows(j, H, NG, NGS, BU)
+    n_tiles = tl.cdiv(H, BU)
+    scatter_partials(
+        xz_ptr + slot_base((s % 2) * n_tiles + j, B, H), cols * H, col_mask,
+        join_gates(dr, dz, dn * r, tl.zeros([BU, BN], tl.float32), NGS, BU, BN), res, w_ptr, rows * H, row_mask, H,
+        KC, NKC, RESIDENT, PREC,
+    )  # fmt: skip
+    set_carry(bufs, cols, units, mask, B, H, tl.where(live, dh_direct, dh))
+    g_row = slot_base(t, B, 3 * H)
+    g_offs = tile_offs(cols, 3 * H, units)
+    out_ty = dgx_ptr.dtype.element_ty
+    tl.store(dgx_ptr + g_row + g_offs, dr.to(out_ty), mask=mask)
+    tl.store(dgx_ptr + g_row + (g_offs + H), dz.to(out_ty), mask=mask)
+    tl.store(dgx_ptr + g_row + (g_offs + 2 * H), dn.to(out_ty), mask=mask)
+    tl.store(dgh_ptr + g_row + g_offs, dr, mask=mask)
+    tl.store(dgh_ptr + g_row + (g_offs + H), dz, mask=mask)
+    tl.store(dgh_ptr + g_row + (g_offs + 2 * H), dn * r, mask=mask)
 
 
 @triton.jit(do_not_specialize=["T"])
 def gru_fwd_kernel(
-    gx_ptr,
-    w_ptr,
-    b_ptr,
-    len_ptr,
-    hs_ptr,
-    gates_ptr,
-    y_ptr,
-    T,
-    B,
-    H,
-    REVERSE: tl.constexpr,
-    HAS_LEN: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SAVE: tl.constexpr,
-    BB: tl.constexpr,
-    BH: tl.constexpr,
-    BK: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-):
-    """Whole-sequence GRU forward for one batch tile. The first slot read (state_slots) of hs holds h0 on
-    entry. SAVE: keep every state and the gates for the backward; else ping-pong states, no gates."""
-    rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
-    for s in range(0, T):
-        t = step_time(s, T, REVERSE)
-        s_in, s_out = state_slots(t, REVERSE, SAVE)
-        live = t < lens  # [BB]
-        for j0 in range(0, H, BH):
-            gru_fwd_step(
-                t,
-                s_in,
-                s_out,
-                j0,
-                rows,
-                row_mask,
-                live,
-                gx_ptr,
-                w_ptr,
-                b_ptr,
-                hs_ptr,
-                gates_ptr,
-                y_ptr,
-                B,
-                H,
-                0,
-                0,
-                0,
-                SAVE,
-                HAS_BIAS,
-                BB,
-                BH,
-                BK,
-                BK,
-                False,
-                DOT_FP32,
-            )
-        tl.debug_barrier()
-
-
-@triton.jit
-def gru_bwd_step(
-    t,
-    s_in,
-    j0,
-    rows,
-    row_mask,
-    live,
-    dy_ptr,
-    dh_ptr,
-    dgx_ptr,
-    dgh_ptr,
-    gates_ptr,
-    hs_ptr,
-    B,
-    H,
-    BH: tl.constexpr,
-):
-    """One [BB, BH] tile of backward step t (state before it in hs[s_in]): gate gradients dgx[t], dgh[t]
-    and the direct dh carry."""
-    cols = j0 + tl.arange(0, BH)
-    col_mask = cols < H
-    mask = row_mask[:, None] & col_mask[None, :]
-    live2 = live[:, None]
-    G = 3 * H
-    dh = load_dh(t, cols, col_mask, rows, row_mask, live, dy_ptr, dh_ptr, B, H)  # [BB, BH]
-    s_offs = (t * B + rows)[:, None] * (4 * H) + cols[None, :]
-    r = tl.load(gates_ptr + s_offs, mask=mask, other=0.0)
-    z = tl.load(gates_ptr + s_offs + H, mask=mask, other=0.0)
-    n = tl.load(gates_ptr + s_offs + 2 * H, mask=mask, other=0.0)
-    hn = tl.load(gates_ptr + s_offs + 3 * H, mask=mask, other=0.0)
-    h_prev = tl.load(hs_ptr + (s_in * B + rows)[:, None] * H + cols[None, :], mask=mask, other=0.0)
-    dn = tl.where(live2, dh * (1 - z) * (1 - n * n), 0.0)
-    dz = tl.where(live2, dh * (h_prev - n) * z * (1 - z), 0.0)
-    dr = dn * hn * r * (1 - r)
-    g_offs = (t * B + rows)[:, None] * G + cols[None, :]
-    out_ty = dgx_ptr.dtype.element_ty
-    tl.store(dgx_ptr + g_offs, dr.to(out_ty), mask=mask)
-    tl.store(dgx_ptr + g_offs + H, dz.to(out_ty), mask=mask)
-    tl.store(dgx_ptr + g_offs + 2 * H, dn.to(out_ty), mask=mask)
-    tl.store(dgh_ptr + g_offs, dr, mask=mask)
-    tl.store(dgh_ptr + g_offs + H, dz, mask=mask)
-    tl.store(dgh_ptr + g_offs + 2 * H, dn * r, mask=mask)
-    tl.store(dh_ptr + rows[:, None] * H + cols[None, :], tl.where(live2, dh * z, dh), mask=mask)
-
-
-@triton.jit(do_not_specialize=["T"])
-def gru_bwd_kernel(
-    dy_ptr,
-    gates_ptr,
-    hs_ptr,
-    w_ptr,
-    len_ptr,
-    dh_ptr,
-    dgx_ptr,
-    dgh_ptr,
-    T,
-    B,
-    H,
-    REVERSE: tl.constexpr,
-    HAS_LEN: tl.constexpr,
-    BB: tl.constexpr,
-    BH: tl.constexpr,
-    BK: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-):
-    """Whole-sequence GRU backward for one batch tile. dh holds dh_n on entry, dh0 on exit."""
-    rows, row_mask, lens = batch_rows(tl.program_id(0), B, len_ptr, T, HAS_LEN, BB)
-    for s in range(0, T):
-        t = step_time_bwd(s, T, REVERSE)
-        s_in, _ = state_slots(t, REVERSE, True)
-        live = t < lens  # [BB]
-        for j0 in range(0, H, BH):
-            gru_bwd_step(
-                t, s_in, j0, rows, row_mask, live, dy_ptr, dh_ptr, dgx_ptr, dgh_ptr, gates_ptr, hs_ptr, B, H, BH
-            )
-        tl.debug_barrier()
-        for p0 in range(0, H, BH):
-            dh_recur_step(
-                t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, 0, 0, 0, 0, 3, BH, BK, BK, False, DOT_FP32
-            )
-        tl.debug_barrier()
+    gx_ptr, w_ptr, b_ptr, len_ptr, hs_ptr, gates_ptr, y_ptr, xh_ptr, flag_ptr, T, B, H, N_H,
+    REVERSE: tl.constexpr, HAS_LEN: tl.constexpr, SAVE: tl.constexpr, RESIDENT: tl.constexpr, BU: tl.constexpr,
+    BN: tl.constexpr, KC: tl.constexpr, NKC: tl.constexpr, NF: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Whole-sequence GRU forward, tiled: one program per batch tile, every unit tile (common.forward_loop)."""
+    forward_loop(
+        gru_fwd_tile, None, (gx_ptr, len_ptr, hs_ptr, y_ptr, xh_ptr, b_ptr, gates_ptr), w_ptr, w_ptr, flag_ptr,
+        T, B, H, H, N_H, 3, 4, REVERSE, SAVE, HAS_LEN, False, False, RESIDENT, BU, BU, BN, KC, NKC, KC, NKC, NF,
+        PREC, 0,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["T"])
 def gru_fwd_persistent_kernel(
-    gx_ptr,
-    w_ptr,
-    b_ptr,
-    len_ptr,
-    hs_ptr,
-    gates_ptr,
-    y_ptr,
-    bar_ptr,
-    T,
-    B,
-    H,
-    N_H,
-    REVERSE: tl.constexpr,
-    HAS_LEN: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SAVE: tl.constexpr,
-    BB: tl.constexpr,
-    BH: tl.constexpr,
-    BK: tl.constexpr,
-    BHP: tl.constexpr,
-    RESIDENT: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-):
-    """Whole-sequence GRU forward, persistent: program (slice, group) owns hidden tiles slice, slice + N_H, ...
-    (all three gates) of batch tiles group, group + groups, ...; one grid barrier per step (see
-    lstm_fwd_persistent_kernel). RESIDENT (one hidden tile per program): its W_hh rows are loaded once, before
-    the time loop. Buffers as gru_fwd_kernel; bar holds one zeroed int32 per batch group."""
-    pid_h, group, n_groups = persistent_ids(N_H)
-    bar = bar_ptr + group
-    n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
-    units = pid_h * BH + tl.arange(0, BH)
-    w_r = 0
-    w_z = 0
-    w_n = 0
-    if RESIDENT:
-        w_r, w_z, w_n, _ = resident_gate_blocks(w_ptr, H, H, units, units < H, H, 1, H, 3, BHP)  # 3 x [BHP, BH]
-    for s in range(0, T):
-        t = step_time(s, T, REVERSE)
-        s_in, s_out = state_slots(t, REVERSE, SAVE)
-        for i in range(0, n_mine):
-            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
-            live = t < lens  # [BB]
-            for j0 in range(pid_h * BH, H, N_H * BH):
-                gru_fwd_step(
-                    t, s_in, s_out, j0, rows, row_mask, live, gx_ptr, w_ptr, b_ptr, hs_ptr, gates_ptr, y_ptr, B, H,
-                    w_r, w_z, w_n, SAVE, HAS_BIAS, BB, BH, BK, BHP, RESIDENT, DOT_FP32,
-                )  # fmt: skip
-        grid_sync(bar, N_H, s + 1)
+    gx_ptr, w_ptr, b_ptr, len_ptr, hs_ptr, gates_ptr, y_ptr, xh_ptr, flag_ptr, T, B, H, N_H,
+    REVERSE: tl.constexpr, HAS_LEN: tl.constexpr, SAVE: tl.constexpr, RESIDENT: tl.constexpr, BU: tl.constexpr,
+    BN: tl.constexpr, KC: tl.constexpr, NKC: tl.constexpr, NF: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Whole-sequence GRU forward, persistent: N_H programs per batch group split the units and exchange h_t
+    through xh (common.forward_loop)."""
+    forward_loop(
+        gru_fwd_tile, None, (gx_ptr, len_ptr, hs_ptr, y_ptr, xh_ptr, b_ptr, gates_ptr), w_ptr, w_ptr, flag_ptr,
+        T, B, H, H, N_H, 3, 4, REVERSE, SAVE, HAS_LEN, False, True, RESIDENT, BU, BU, BN, KC, NKC, KC, NKC, NF,
+        PREC, 0,
+    )  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["T"])
+def gru_bwd_kernel(
+    dy_ptr, gates_ptr, hs_ptr, w_ptr, len_ptr, dh_ptr, dgx_ptr, dgh_ptr, xz_ptr, flag_ptr, T, B, H, N_H,
+    REVERSE: tl.constexpr, HAS_LEN: tl.constexpr, RESIDENT: tl.constexpr, BU: tl.constexpr, BN: tl.constexpr,
+    KC: tl.constexpr, NKC: tl.constexpr, NF: tl.constexpr, NPC: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Whole-sequence GRU backward, tiled (common.backward_loop)."""
+    backward_loop(
+        gru_bwd_tile, None, (dy_ptr, len_ptr, dh_ptr, xz_ptr, gates_ptr, hs_ptr, dgx_ptr, dgh_ptr), w_ptr, w_ptr,
+        flag_ptr, T, B, H, H, N_H, 3, 4, REVERSE, HAS_LEN, False, False, RESIDENT, BU, BU, BN, KC, NKC, KC, NKC,
+        NF, NPC, PREC, 0,
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["T"])
 def gru_bwd_persistent_kernel(
-    dy_ptr,
-    gates_ptr,
-    hs_ptr,
-    w_ptr,
-    len_ptr,
-    dh_ptr,
-    dgx_ptr,
-    dgh_ptr,
-    bar_ptr,
-    T,
-    B,
-    H,
-    N_H,
-    REVERSE: tl.constexpr,
-    HAS_LEN: tl.constexpr,
-    BB: tl.constexpr,
-    BH: tl.constexpr,
-    BK: tl.constexpr,
-    BHP: tl.constexpr,
-    RESIDENT: tl.constexpr,
-    DOT_FP32: tl.constexpr,
-):
-    """Whole-sequence GRU backward, persistent, tiles owned as in gru_fwd_persistent_kernel: gate gradients of
-    its units, the grid barrier, then its slice of dh_{t-1} += dgh_t W_hh (read next only by itself), so one
-    barrier per step. RESIDENT (one tile per program): the W_hh columns of its units, every gate's rows, are
-    loaded once, before the time loop. Buffers as gru_bwd_kernel."""
-    pid_h, group, n_groups = persistent_ids(N_H)
-    bar = bar_ptr + group
-    n_mine = tl.cdiv(tl.cdiv(B, BB) - group, n_groups)  # batch tiles group, group + n_groups, ...
-    units = pid_h * BH + tl.arange(0, BH)
-    w0 = 0
-    w1 = 0
-    w2 = 0
-    if RESIDENT:
-        w0, w1, w2, _ = resident_gate_blocks(w_ptr, H, H, units, units < H, H, H, 1, 3, BHP)  # 3 x [BHP, BH]
-    for s in range(0, T):
-        t = step_time_bwd(s, T, REVERSE)
-        s_in, _ = state_slots(t, REVERSE, True)
-        for i in range(0, n_mine):
-            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
-            live = t < lens  # [BB]
-            for j0 in range(pid_h * BH, H, N_H * BH):
-                gru_bwd_step(
-                    t, s_in, j0, rows, row_mask, live, dy_ptr, dh_ptr, dgx_ptr, dgh_ptr, gates_ptr, hs_ptr, B, H, BH
-                )
-        grid_sync(bar, N_H, s + 1)
-        for i in range(0, n_mine):
-            rows, row_mask, lens = batch_rows(group + i * n_groups, B, len_ptr, T, HAS_LEN, BB)
-            for p0 in range(pid_h * BH, H, N_H * BH):
-                dh_recur_step(
-                    t, p0, rows, row_mask, dgh_ptr, w_ptr, dh_ptr, B, 3 * H, H, w0, w1, w2, 0, 3, BH, BK, BHP, RESIDENT,
-                    DOT_FP32,
-                )  # fmt: skip
+    dy_ptr, gates_ptr, hs_ptr, w_ptr, len_ptr, dh_ptr, dgx_ptr, dgh_ptr, xz_ptr, flag_ptr, T, B, H, N_H,
+    REVERSE: tl.constexpr, HAS_LEN: tl.constexpr, RESIDENT: tl.constexpr, BU: tl.constexpr, BN: tl.constexpr,
+    KC: tl.constexpr, NKC: tl.constexpr, NF: tl.constexpr, NPC: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    """Whole-sequence GRU backward, persistent: partials of dgh_t W_hh exchanged through xz
+    (common.backward_loop)."""
+    backward_loop(
+        gru_bwd_tile, None, (dy_ptr, len_ptr, dh_ptr, xz_ptr, gates_ptr, hs_ptr, dgx_ptr, dgh_ptr), w_ptr, w_ptr,
+        flag_ptr, T, B, H, H, N_H, 3, 4, REVERSE, HAS_LEN, False, True, RESIDENT, BU, BU, BN, KC, NKC, KC, NKC,
+        NF, NPC, PREC, 0,
+    )  # fmt: skip

@@ -1,96 +1,160 @@
 """Persistent whole-sequence kernels (fastrnn.ops.strategy 'persistent') against the fp64 reference, and the
-strategy selection.
+strategy layer that plans them.
 
-On CPU the interpreter runs a persistent grid of exactly one program (programs run one after another there,
-so a grid barrier between several would spin forever): every cell, forward and backward, lengths, reverse,
-proj_size, fp32/fp16, each with the weight slices resident (loaded once before the time loop) and streamed
-(re-read every step). The gpu-marked tests run real multi-program grids at realistic sizes.
+On CPU the persistent grids run inside :func:`fastrnn.testing.concurrent_interpreter`, which runs a launch's
+programs as threads, so the per-program flags that order the steps work as on a GPU: every cell, forward and
+backward, lengths, reverse, proj_size, fp16/bf16, hidden splits with one tile per program (resident weights)
+and with several (streamed), batch groups and batch tiles per program, 2 to 8 programs. Programs start
+staggered, so a program that does not wait reads what was not yet written: the tests fail with a broken wait
+(checked below), and a flag that is never raised times out. The gpu-marked tests run real grids at realistic
+sizes.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
+from fastrnn.kernels import common as common_kernels
+from fastrnn.kernels import lstm as lstm_kernels
+from helpers import assert_close
 from recurrence_check import check_large, check_recurrence, make_inputs, make_lengths, triton_device
 
-from fastrnn import ops
+from fastrnn import ops, reference, testing
 from fastrnn.ops import _launch, strategy
 
 MODES = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+#: seconds between the starts of consecutive programs: longer than a step takes in the interpreter
+STAGGER = 0.02
+
+needs_interpreter = pytest.mark.skipif(not _launch.interpreting(), reason="runs Triton's interpreter")
 
 
-class Variant:
-    """The weight variant a ``persistent`` test runs: ``resident`` (where the fit rule allows: ``fits``) or
-    ``streaming``."""
+@pytest.fixture
+def programs(monkeypatch):
+    """Run the test body's recurrences as persistent grids of up to ``programs(n)`` programs in the concurrent
+    interpreter (CPU) or on the GPU, and return the names of the kernels that ran."""
 
-    def __init__(self, name: str):
-        self.name = name
-        self.fits = True
+    def use(n: int | None = None, resident: bool | None = None):
+        if n is not None:
+            monkeypatch.setenv(strategy.PROGRAMS_ENV_VAR, str(n))
+        if resident is not None:
+            monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, "1" if resident else "0")
+        ops.launch_counts.clear()
 
-
-@pytest.fixture(params=["resident", "streaming"])
-def persistent(request, monkeypatch):
-    """Run the test body under the persistent strategy, resident or streaming weights, and check that only
-    persistent kernels of that variant launched (resident only where the test leaves ``fits`` set)."""
-    variant = Variant(request.param)
-    monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, "1" if variant.name == "resident" else "0")
-    ops.launch_counts.clear()
     with ops.use_strategy("persistent"):
-        yield variant
-    names = dict(ops.launch_counts)
-    assert names, "no kernel ran"
-    resident = variant.name == "resident" and variant.fits
-    suffix = "_persistent_resident" if resident else "_persistent"
-    assert all(name.endswith(suffix) for name in names), names
+        if _launch.interpreting():
+            with testing.concurrent_interpreter(stagger=STAGGER, timeout=300):
+                yield use
+        else:
+            yield use
+    assert ops.launch_counts, "no kernel ran"
+    assert all("_persistent" in name for name in ops.launch_counts), dict(ops.launch_counts)
 
 
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def _ran(suffix: str) -> None:
+    assert ops.launch_counts and all(n.endswith(suffix) for n in ops.launch_counts), dict(ops.launch_counts)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize("mode", MODES)
-def test_persistent_lengths(persistent, mode, reverse):
-    T, B = 5, 3
-    check_recurrence(mode, T, B, 20, lengths=make_lengths(T, B), reverse=reverse)
-
-
-@pytest.mark.parametrize(("mode", "T", "B", "H"), [("lstm", 1, 1, 5), ("gru", 4, 17, 80), ("rnn_tanh", 3, 2, 50)])
-def test_persistent_awkward_sizes(persistent, mode, T, B, H):
-    """B not a multiple of 16 (several batch tiles in the one program), H over one tile (two tiles in the one
-    program: too many for the resident variant, which falls back to streaming), T = 1, no lengths."""
-    persistent.fits = H <= _launch.MAX_BLOCK
-    check_recurrence(mode, T, B, H)
-
-
-@pytest.mark.parametrize(("H", "proj", "reverse"), [(20, 7, True), (80, 66, False)])
-def test_persistent_lstm_proj(persistent, H, proj, reverse):
+def test_multi_program_cells(programs, mode, n):
+    """H = 40: three 16-unit tiles, so 2 programs own several tiles (streamed weights) and 4 programs one each
+    (resident); unequal lengths, both directions."""
+    programs(n)
     T, B = 4, 3
-    persistent.fits = H <= _launch.MAX_BLOCK
+    check_recurrence(mode, T, B, 40, lengths=make_lengths(T, B), reverse=n == 2)
+    _ran("_persistent" if n == 2 else "_persistent_resident")
+
+
+@needs_interpreter
+@pytest.mark.parametrize(("H", "proj", "n", "reverse"), [(40, 13, 4, False), (40, 24, 2, True), (20, 7, 8, True)])
+def test_multi_program_lstm_proj(programs, H, proj, n, reverse):
+    """proj_size: a second phase per step (m_t, then h_t; backward dL/dh_t, then the gates)."""
+    programs(n)
+    T, B = 3, 3
     check_recurrence("lstm", T, B, H, proj=proj, lengths=make_lengths(T, B), reverse=reverse)
 
 
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
-def test_persistent_fp16(persistent, mode):
+@needs_interpreter
+@pytest.mark.parametrize(("mode", "n"), [("lstm", 8), ("gru", 4), ("rnn_tanh", 6)])
+def test_batch_groups(programs, monkeypatch, mode, n):
+    """16-column batch tiles over B = 40 (three) and H = 20 (two unit tiles): 8 programs make 2 hidden slices x
+    3 batch groups, 6 programs 2 x 3, 4 programs 2 x 2 with the first group owning two batch tiles."""
+    monkeypatch.setattr(strategy, "MAX_BLOCK_N", 16)
+    programs(n)
+    grid = strategy.persistent_grid(mode, 40, 20, 20, torch.float32, triton_device())
+    assert grid.groups > 1 and grid.block_n == 16
+    check_recurrence(mode, 3, 40, 20, lengths=make_lengths(3, 40), reverse=mode == "gru")
+
+
+@needs_interpreter
+@pytest.mark.parametrize(("mode", "T", "B", "H"), [("lstm", 1, 1, 5), ("gru", 5, 2, 50), ("rnn_relu", 2, 17, 33)])
+def test_awkward_sizes(programs, mode, T, B, H):
+    """T = 1, B = 1, H not a multiple of the tile (masked units), B not a multiple of 16."""
+    programs(3)
+    check_recurrence(mode, T, B, H)
+
+
+@needs_interpreter
+@pytest.mark.parametrize(("mode", "dtype"), [("lstm", torch.float16), ("gru", torch.bfloat16)], ids=str)
+def test_low_precision(programs, mode, dtype):
+    programs(4)
     T, B = 4, 3
-    proj = 7 if mode == "lstm" else 0
-    check_recurrence(mode, T, B, 20, proj=proj, lengths=make_lengths(T, B), dtype=torch.float16)
+    check_recurrence(mode, T, B, 40, proj=9 if mode == "lstm" else 0, lengths=make_lengths(T, B), dtype=dtype)
 
 
-@pytest.mark.parametrize("resident", ["1", "0"], ids=["resident", "streaming"])
-def test_persistent_inference_ping_pong(monkeypatch, resident):
-    """Without a gradient the forward keeps two state slots (what a grid barrier per step must protect)."""
-    monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, resident)
-    x = {n: None if v is None else v.detach() for n, v in make_inputs("lstm", 6, 3, 20, proj=7).items()}
+@needs_interpreter
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streaming"])
+def test_inference_ping_pong(programs, resident):
+    """Without a gradient the forward keeps two state slots and no gates; the exchange slots alternate."""
+    programs(4, resident=resident)
+    x = {n: None if v is None else v.detach() for n, v in make_inputs("lstm", 6, 3, 40).items()}
     lengths = make_lengths(6, 3)
-    ops.launch_counts.clear()
-    with ops.use_strategy("persistent"):
-        y, h_n, c_n = ops.recurrence("lstm", **x, lengths=lengths)
-    with ops.use_strategy("tiled"):
-        ref = ops.recurrence("lstm", **x, lengths=lengths)
-    name = "lstm_fwd_persistent_resident" if resident == "1" else "lstm_fwd_persistent"
-    assert ops.launch_counts == {name: 1, "lstm_fwd": 1}
-    for a, b in zip((y, h_n, c_n), ref, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    out = ops.recurrence("lstm", **x, lengths=lengths)
+    ref = reference.recurrence("lstm", **{n: None if v is None else v.double() for n, v in x.items()}, lengths=lengths)
+    for name, a, b in zip(("y", "h_n", "c_n"), out, ref, strict=True):
+        assert_close(name, b, a)
+    _ran("_persistent_resident" if resident else "_persistent")
 
 
-# --- strategy selection -----------------------------------------------------------------------------------
+# --- the flags are what make it right ---------------------------------------------------------------------
+
+
+@triton.jit
+def _wait_for_nothing(flags, n, target, NF: tl.constexpr):
+    tl.debug_barrier()
+
+
+@triton.jit
+def _publish_nothing(flag, value, PERSISTENT: tl.constexpr):
+    tl.debug_barrier()
+
+
+@needs_interpreter
+def test_a_missing_wait_fails(programs, monkeypatch):
+    """With the wait gone (the LSTM tiles no longer wait for the other programs' flags) the staggered programs
+    read states nobody wrote yet (NaN-poisoned, or stale), and the comparison with the reference fails."""
+    monkeypatch.setattr(lstm_kernels, "wait_for", _wait_for_nothing)
+    programs(3)
+    with pytest.raises(AssertionError, match="max abs err|non-finite"):
+        check_recurrence("lstm", 4, 3, 40, backward=False)
+
+
+@needs_interpreter
+def test_a_flag_never_raised_times_out(monkeypatch):
+    """With the flags never raised every program waits forever: the concurrent interpreter stops them."""
+    monkeypatch.setattr(common_kernels, "publish", _publish_nothing)
+    monkeypatch.setenv(strategy.PROGRAMS_ENV_VAR, "2")
+    x = {n: None if v is None else v.detach() for n, v in make_inputs("gru", 3, 2, 40).items()}
+    with testing.concurrent_interpreter(timeout=3), ops.use_strategy("persistent"):
+        with pytest.raises(Exception, match="still running"):
+            ops.recurrence("gru", **x)
+
+
+# --- the strategy layer ------------------------------------------------------------------------------------
 
 
 def _run_lstm():
@@ -101,19 +165,19 @@ def _run_lstm():
     return dict(ops.launch_counts)
 
 
-def test_auto_keeps_the_tiled_kernels(monkeypatch):
+@needs_interpreter
+def test_requests(monkeypatch):
+    """auto is tiled under the plain interpreter; the environment and use_strategy (innermost wins) request a
+    strategy; a persistent grid of one program runs the persistent kernels there."""
     monkeypatch.delenv(strategy.ENV_VAR, raising=False)
+    monkeypatch.delenv(strategy.PROGRAMS_ENV_VAR, raising=False)
     assert strategy.requested() == "auto"
     assert _run_lstm() == {"lstm_fwd": 1, "lstm_bwd": 1}
-
-
-def test_env_var_and_context(monkeypatch):
     monkeypatch.setenv(strategy.ENV_VAR, "persistent")
-    monkeypatch.delenv(strategy.RESIDENT_ENV_VAR, raising=False)
     assert _run_lstm() == {"lstm_fwd_persistent_resident": 1, "lstm_bwd_persistent_resident": 1}
     monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, "0")
     assert _run_lstm() == {"lstm_fwd_persistent": 1, "lstm_bwd_persistent": 1}
-    with ops.use_strategy("tiled"):  # the innermost request wins over the environment
+    with ops.use_strategy("tiled"):
         assert _run_lstm() == {"lstm_fwd": 1, "lstm_bwd": 1}
     monkeypatch.setenv(strategy.ENV_VAR, "fastest")
     with pytest.raises(ValueError, match=strategy.ENV_VAR):
@@ -122,89 +186,95 @@ def test_env_var_and_context(monkeypatch):
         pass
 
 
-def test_interpreter_falls_back_with_several_programs(monkeypatch):
-    if not _launch.interpreting():
-        pytest.skip("the fallback is for the interpreter")
+@needs_interpreter
+def test_auto_is_persistent_in_the_concurrent_interpreter(monkeypatch):
+    monkeypatch.delenv(strategy.ENV_VAR, raising=False)
     monkeypatch.setenv(strategy.PROGRAMS_ENV_VAR, "2")
-    with ops.use_strategy("persistent"), pytest.warns(RuntimeWarning, match="interpreter"):
-        assert _run_lstm() == {"lstm_fwd": 1, "lstm_bwd": 1}
+    with testing.concurrent_interpreter(stagger=STAGGER):
+        assert _run_lstm() == {"lstm_fwd_persistent_resident": 1, "lstm_bwd_persistent_resident": 1}
+
+
+def _on_a_gpu(monkeypatch, sms=132, cap=None):
+    monkeypatch.setattr(_launch, "interpreting", lambda: False)
+    monkeypatch.setattr(strategy, "max_programs", lambda device: min(sms, cap or sms))
+    monkeypatch.delenv(strategy.RESIDENT_ENV_VAR, raising=False)
 
 
 @pytest.mark.parametrize(
-    ("B", "H", "P", "sms", "cap", "expected"),
+    ("mode", "B", "H", "P", "dtype", "expected"),
     [
-        (64, 1024, 1024, 132, None, (64, 2, 16)),  # hidden split first, leftover programs take batch groups
-        (64, 512, 512, 132, None, (32, 4, 16)),
-        (1, 768, 768, 132, None, (48, 1, 16)),
-        (16, 4096, 4096, 132, None, (132, 1, 16)),  # more tiles than programs: strided ownership
-        (64, 1024, 200, 132, 8, (8, 1, 16)),  # FASTRNN_PERSISTENT_PROGRAMS caps the grid
+        # (n_h, groups, block_u, block_n, resident): hidden split first, then the batch over the leftover programs
+        ("lstm", 16, 768, 768, torch.float16, (48, 1, 16, 16, True)),  # the headline shape
+        ("lstm", 64, 512, 512, torch.float32, (32, 4, 16, 16, True)),
+        ("lstm", 256, 1024, 1024, torch.bfloat16, (64, 2, 16, 64, True)),  # two 64-column tiles per group
+        ("lstm", 1, 1024, 1024, torch.float32, (128, 1, 8, 16, True)),  # 256 KB at 16 units: 8-unit tiles
+        ("gru", 16, 768, 768, torch.bfloat16, (48, 1, 16, 16, True)),
+        ("rnn_tanh", 8, 1024, 1024, torch.float32, (64, 1, 16, 16, True)),  # B fits one tile
+        ("lstm", 16, 4096, 4096, torch.float16, (132, 1, 16, 16, False)),  # 256 tiles: streamed, strided
+        ("lstm", 32, 512, 100, torch.float16, (32, 2, 16, 16, True)),  # proj_size: 7 projection tiles
     ],
 )
-def test_persistent_grid_on_a_gpu(monkeypatch, B, H, P, sms, cap, expected):
-    monkeypatch.setattr(_launch, "interpreting", lambda: False)
-    monkeypatch.setattr(strategy, "max_programs", lambda device: sms)
-    if cap is None:
-        monkeypatch.delenv(strategy.PROGRAMS_ENV_VAR, raising=False)
-    else:
-        monkeypatch.setenv(strategy.PROGRAMS_ENV_VAR, str(cap))
-    grid = strategy.persistent_grid(B, H, P, torch.device("cuda"))
-    assert (grid.n_h, grid.groups, grid.block_h) == expected
-    assert grid.programs <= min(sms, cap or sms)
-    assert strategy.launch_options(torch.device("cuda")) == {"launch_cooperative_grid": True}
+def test_persistent_grid_on_a_gpu(monkeypatch, mode, B, H, P, dtype, expected):
+    _on_a_gpu(monkeypatch)
+    grid = strategy.persistent_grid(mode, B, H, P, dtype, torch.device("cuda"))
+    assert (grid.n_h, grid.groups, grid.block_u, grid.block_n, grid.resident) == expected
+    assert grid.programs <= 132
+    assert grid.groups * grid.block_n >= min(B, grid.groups * strategy.MAX_BLOCK_N)
+
+
+def test_program_cap_and_resident_switch(monkeypatch):
+    _on_a_gpu(monkeypatch, cap=8)
+    grid = strategy.persistent_grid("lstm", 64, 1024, 1024, torch.float16, torch.device("cuda"))
+    assert (grid.n_h, grid.groups, grid.resident) == (8, 1, False)  # 64 tiles on 8 programs: streamed
+    monkeypatch.setattr(strategy, "max_programs", lambda device: 132)
+    monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, "0")
+    assert not strategy.persistent_grid("lstm", 64, 256, 256, torch.float16, torch.device("cuda")).resident
+    monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, "yes")
+    with pytest.raises(ValueError, match=strategy.RESIDENT_ENV_VAR):
+        strategy.persistent_grid("lstm", 64, 256, 256, torch.float16, torch.device("cuda"))
 
 
 KB = 1024
 
 
 @pytest.mark.parametrize(
-    ("mode", "H", "P", "itemsize", "expected"),
+    ("mode", "H", "P", "block_u", "itemsize", "expected"),
     [
-        ("lstm", 1024, 1024, 2, 128 * KB),  # 4 gates x [1024, 16] fp16, forward and backward alike
-        ("lstm", 1024, 1024, 4, 256 * KB),
-        ("gru", 768, 768, 2, 96 * KB),  # K = 768 padded to 1024
-        ("rnn_tanh", 50, 50, 4, 64 * 16 * 4),  # K padded to a power of two
-        ("lstm", 1024, 256, 2, (4 * 1024 + 256) * 16 * 2),  # backward: 4 x [pad(H), 16] + W_hr [pad(P), 16]
-        ("lstm", 20, 7, 4, (4 * 32 + 16) * 16 * 4),  # tiny: every block at least 16 deep
+        ("lstm", 768, 768, 16, 2, 96 * KB),  # 64 rows x 3 chunks of 256: K = 768 is not padded to 1024
+        ("lstm", 1024, 1024, 16, 4, 256 * KB),
+        ("lstm", 1024, 1024, 8, 4, 128 * KB),
+        ("gru", 768, 768, 16, 2, 96 * KB),  # three gates padded to four slots
+        ("rnn_tanh", 50, 50, 16, 4, 16 * 64 * 4),  # 4 chunks of 16
+        ("lstm", 256, 128, 16, 2, (64 * 128 + max(16 * 256, 16 * 128)) * 2),  # proj_size: + the W_hr slice
     ],
 )
-def test_resident_bytes(mode, H, P, itemsize, expected):
-    assert strategy.resident_bytes(mode, H, P, 16, itemsize) == expected
+def test_resident_bytes(mode, H, P, block_u, itemsize, expected):
+    assert strategy.resident_bytes(mode, H, P, block_u, itemsize) == expected
 
 
-@pytest.mark.parametrize(
-    ("mode", "H", "P", "dtype", "sms", "fits"),
-    [
-        ("lstm", 1024, 1024, torch.float16, 132, True),  # 128 KB: at the budget
-        ("lstm", 1024, 1024, torch.bfloat16, 132, True),
-        ("lstm", 1024, 1024, torch.float32, 132, False),  # 256 KB
-        ("lstm", 512, 512, torch.float32, 132, False),  # fp32 budget: 32 KB
-        ("rnn_tanh", 512, 512, torch.float32, 132, True),  # 32 KB
-        ("lstm", 128, 128, torch.float32, 132, True),
-        ("gru", 1024, 1024, torch.float32, 132, False),  # 192 KB
-        ("gru", 1024, 1024, torch.float16, 132, True),
-        ("rnn_relu", 2048, 2048, torch.float16, 132, True),  # 128 tiles on 132 programs, 64 KB
-        ("rnn_relu", 4096, 4096, torch.float16, 132, False),  # 256 tiles: programs would own two
-        ("lstm", 512, 512, torch.float16, 16, False),  # few programs: strided tiles, never resident
-        ("lstm", 1024, 1040, torch.float16, 132, False),  # P padded to 2048: 4 x [2048, 16] fp16
-    ],
-)
-def test_resident_fit_rule(monkeypatch, mode, H, P, dtype, sms, fits):
-    monkeypatch.setattr(_launch, "interpreting", lambda: False)
-    monkeypatch.setattr(strategy, "max_programs", lambda device: sms)
-    monkeypatch.delenv(strategy.PROGRAMS_ENV_VAR, raising=False)
-    monkeypatch.delenv(strategy.RESIDENT_ENV_VAR, raising=False)
-    grid = strategy.persistent_grid(64, H, P, torch.device("cuda"))
-    assert strategy.resident_fits(mode, grid, H, P, dtype) == fits
-    args = strategy.resident_args(mode, grid, H, P, dtype)
-    assert args["RESIDENT"] == fits
-    pad = (lambda n: max(16, 1 << (n - 1).bit_length())) if fits else (lambda n: 16)
-    assert args["BHP"] == pad(H)
-    assert args.get("BP", pad(P)) == pad(P) and ("BP" in args) == (mode == "lstm")
-    monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, "0")  # the switch for comparing the variants on a GPU
-    assert not strategy.resident_fits(mode, grid, H, P, dtype)
-    monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, "yes")
-    with pytest.raises(ValueError, match=strategy.RESIDENT_ENV_VAR):
-        strategy.resident_fits(mode, grid, H, P, dtype)
+@pytest.mark.parametrize(("K", "expected"), [(768, (256, 3)), (1024, (256, 4)), (512, (128, 4)), (50, (16, 4)),
+                                             (20, (16, 2)), (1, (16, 1))])  # fmt: skip
+def test_chunking(K, expected):
+    kc, nkc = strategy.chunking(K)
+    assert (kc, nkc) == expected and kc * nkc >= K and nkc <= strategy.MAX_CHUNKS
+
+
+def test_auto_rule(monkeypatch):
+    """auto: persistent wherever the persistent grid keeps its slices resident, tiled elsewhere."""
+    _on_a_gpu(monkeypatch)
+    cuda = torch.device("cuda")
+    assert strategy.auto_choice("lstm", 16, 768, 768, torch.float16, cuda) == "persistent"
+    assert strategy.auto_choice("lstm", 16, 4096, 4096, torch.float16, cuda) == "tiled"
+    monkeypatch.setenv(strategy.RESIDENT_ENV_VAR, "0")
+    assert strategy.auto_choice("lstm", 16, 768, 768, torch.float16, cuda) == "tiled"
+
+
+@pytest.mark.parametrize(("allow", "expected"), [(True, 1), (False, 2)])
+def test_fp32_precision_follows_cudnn_allow_tf32(monkeypatch, allow, expected):
+    """fp32 recurrences use TF32 exactly when torch.backends.cudnn.allow_tf32 says cuDNN RNNs would."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow)
+    assert strategy.precision(torch.float32) == expected
+    assert strategy.precision(torch.float16) == 0
 
 
 # --- GPU: real multi-program grids ------------------------------------------------------------------------
@@ -224,23 +294,36 @@ def test_resident_fit_rule(monkeypatch, mode, H, P, dtype, sms, fits):
         ("rnn_relu", 1024, 8, 1024, 0),
     ],
 )
-def test_persistent_gpu_large(persistent, mode, T, B, H, proj, dtype):
-    check_large(mode, T, B, H, dtype, proj=proj, reverse=B == 4)
+def test_persistent_gpu_large(programs, mode, T, B, H, proj, dtype):
+    programs()
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        check_large(mode, T, B, H, dtype, proj=proj, reverse=B == 4)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("programs", ["3", "7"])
+@pytest.mark.parametrize("n", [3, 7])
 @pytest.mark.parametrize("mode", MODES)
-def test_persistent_gpu_few_programs(persistent, monkeypatch, mode, programs):
+def test_persistent_gpu_few_programs(programs, mode, n):
     """Few programs: each owns many strided hidden tiles; B = 40 gives several batch tiles per group."""
-    monkeypatch.setenv(strategy.PROGRAMS_ENV_VAR, programs)
-    check_large(mode, 256, 40, 200, torch.float32, proj=72 if mode == "lstm" else 0)
+    programs(n)
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        check_large(mode, 256, 40, 200, torch.float32, proj=72 if mode == "lstm" else 0)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", MODES)
-def test_persistent_gpu_deterministic(persistent, mode):
-    """Same inputs, same bits, run after run: a missing or leaky grid barrier shows up as a moving result."""
+def test_persistent_gpu_tf32(programs, mode):
+    """fp32 with torch's default allow_tf32: TF32 tensor cores, relative error at TF32's level."""
+    programs()
+    assert torch.backends.cudnn.allow_tf32
+    check_large(mode, 512, 16, 512, torch.float32, tol=2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+def test_persistent_gpu_deterministic(programs, mode):
+    """Same inputs, same bits, run after run: a missing or leaky wait shows up as a moving result."""
+    programs()
     x = make_inputs(mode, 512, 64, 512, dtype=torch.bfloat16, device=triton_device())
     lengths = make_lengths(512, 64)
     runs = []

@@ -22,7 +22,6 @@ from fastrnn.ops import rnn as _rnn
 from fastrnn.ops import strategy as _strategy
 from fastrnn.ops._launch import launch_counts, needs_save
 from fastrnn.ops.strategy import use_strategy
-from fastrnn.reference import GATES
 
 __all__ = ["launch_counts", "recurrence", "use_strategy"]
 
@@ -56,8 +55,7 @@ def recurrence(
     if lengths is not None:
         lengths = lengths.to(device=gx.device, dtype=torch.int64)
     save = needs_save(gx, h0, c0, w_hh, b_hh, w_hr)
-    B, H = gx.shape[1], gx.shape[2] // GATES.get(mode, 1)
-    strategy = _strategy.select(mode, B, H, h0.shape[-1], gx.device)
+    strategy = _strategy.requested()
     if mode == "lstm":
         if c0 is None:
             raise ValueError("recurrence: mode 'lstm' needs c0")

@@ -1,4 +1,5 @@
-"""What every cell's launcher shares: device checks, dtypes, block sizes, buffers and the launch counter."""
+"""What every cell's launcher shares: device checks, dtypes, buffers, the weight-gradient GEMM and the launch
+counter."""
 
 from __future__ import annotations
 
@@ -6,16 +7,17 @@ import collections
 
 import torch
 import triton
+import triton.language as tl
 
 from fastrnn.backend import interpreting
 
 #: Kernel launches per kernel name, incremented by every launcher (tests use it to prove the Triton path ran).
 launch_counts: collections.Counter[str] = collections.Counter()
 
-#: Batch rows per program (tl.dot needs M >= 16 on GPU; rows past B are masked).
-BLOCK_B = 16
-#: Cap on the hidden-tile and reduction-chunk sizes.
-MAX_BLOCK = 64
+#: Tile of the weight-gradient GEMM: [BM, BK] outputs per program, BR rows of the reduction per step.
+WEIGHT_GRAD_BLOCKS = {"BM": 64, "BK": 64, "BR": 32}
+
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
 def check_device(t: torch.Tensor) -> None:
@@ -28,23 +30,8 @@ def check_device(t: torch.Tensor) -> None:
 
 def matmul_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the recurrent matmuls read their operands in: fp16/bf16 stay (tensor cores, fp32 accumulate),
-    everything else runs in fp32 with exact ("ieee") products, so fp32 results track the fp64 reference."""
+    everything else runs in fp32 (TF32 or exact products: fastrnn.ops.strategy.precision)."""
     return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
-
-
-def dot_fp32(mm_dtype: torch.dtype) -> bool:
-    """Whether the kernels upcast tl.dot operands to fp32: for fp32, and for bf16 under the interpreter,
-    whose bf16 tl.dot is broken."""
-    return mm_dtype == torch.float32 or (interpreting() and mm_dtype == torch.bfloat16)
-
-
-def block(n: int) -> int:
-    """A tile size for a dimension of n: a power of two in [16, MAX_BLOCK]."""
-    return max(16, min(MAX_BLOCK, triton.next_power_of_2(max(n, 1))))
-
-
-def grid(batch: int) -> tuple[int]:
-    return (triton.cdiv(batch, BLOCK_B),)
 
 
 def count(name: str) -> None:
@@ -64,6 +51,23 @@ def state_buffer(init: torch.Tensor, steps: int, reverse: bool, save: bool) -> t
     """fp32 [slots, B, N] state buffer with the initial state in the slot the first step reads."""
     buf = torch.empty((state_slots(steps, save), *init.shape), dtype=torch.float32, device=init.device)
     buf[_slot(steps if reverse else 0, save)].copy_(init)
+    return buf
+
+
+def exchange_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, init=None) -> torch.Tensor:
+    """[2, *shape] buffer through which the programs of a launch exchange a state in ``dtype``; ``init`` goes into
+    slot 1, the one the first step reads (kernels/common.py)."""
+    buf = torch.empty((2, *shape), dtype=dtype, device=device)
+    if init is not None:
+        buf[1].copy_(init)
+    return buf
+
+
+def partials_buffer(n_tiles: int, B: int, P: int, device: torch.device) -> torch.Tensor:
+    """fp32 [2, n_tiles, B, P] buffer of the backward's partials of dh_{t-1}; slot 1 (read by the first step) is
+    zero."""
+    buf = torch.empty((2, n_tiles, B, P), dtype=torch.float32, device=device)
+    buf[1].zero_()
     return buf
 
 
@@ -97,6 +101,20 @@ def prev_states(hs: torch.Tensor, reverse: bool) -> torch.Tensor:
     return hs[1:] if reverse else hs[:-1]
 
 
-def weight_grad(dg: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """sum_t dg_t^T x_t as one fp32 GEMM over all steps: [T, B, M], [T, B, N] -> [M, N]."""
-    return dg.reshape(-1, dg.shape[-1]).t() @ x.reshape(-1, x.shape[-1]).to(torch.float32)
+def weight_grad(g: torch.Tensor, x: torch.Tensor, mm_dtype: torch.dtype, prec: int) -> torch.Tensor:
+    """sum_t g_t^T x_t as one GEMM over all steps (kernels/common.py weight_grad_kernel): fp32 [T, B, M] and
+    [T, B, K] -> fp32 [M, K], on tensor cores in ``mm_dtype`` with precision ``prec`` (strategy.precision)."""
+    from fastrnn.kernels.common import weight_grad_kernel
+
+    M, K = g.shape[-1], x.shape[-1]
+    g2 = g.reshape(-1, M)
+    x2 = x.reshape(-1, K)
+    out = torch.empty((M, K), dtype=torch.float32, device=g.device)
+    if g2.shape[0] == 0:
+        return out.zero_()
+    blocks = WEIGHT_GRAD_BLOCKS
+    grid = (triton.cdiv(M, blocks["BM"]), triton.cdiv(K, blocks["BK"]))
+    weight_grad_kernel[grid](
+        g2, x2.contiguous(), out, g2.shape[0], M, K, **blocks, PREC=prec, MM_DTYPE=_TL_DTYPES[mm_dtype]
+    )
+    return out
