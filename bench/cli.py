@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "with a perf_counter timer, needs --shape")
     what.add_argument("--list", action="store_true",
                       help="print the plan (jobs in order, providers, row count) and exit; needs no GPU")
+    what.add_argument("--env", action="store_true",
+                      help="print the device and versions line (and where fastrnn and its kernels are imported "
+                           "from) and exit; imports every module the harness runs")
     how = parser.add_argument_group("timing and limits")
     how.add_argument("--warmup", type=float, default=25, metavar="MS",
                      help="warm-up time per timing in ms (do_bench's warmup) (default: %(default)s)")
@@ -183,6 +186,32 @@ def _report(path: str, png: bool) -> int:
     return 0
 
 
+def print_environment(device) -> None:
+    """The device and versions lines of a session's ``versions.txt``; imports fastrnn's Triton ops too."""
+    import platform
+
+    import torch
+
+    import bench.run  # noqa: F401 - every harness module, so a broken import shows here
+    import fastrnn
+    import fastrnn.ops  # noqa: F401 - the Triton ops and fastrnn.kernels
+    from bench.providers import fastrnn_strategies
+    from bench.results import environment
+
+    env = environment(device)
+    line = env["device"]
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        line += f" (sm_{p.major}{p.minor}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.1f} GiB)"
+    print(f"device: {line}")
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    print(f"torch {env['torch']}, cuda {env['cuda'] or '-'}, cudnn {cudnn or '-'}, triton {env['triton'] or '-'}, "
+          f"python {platform.python_version()}")
+    kernels = Path(sys.modules["fastrnn.kernels"].__file__).parent
+    print(f"fastrnn {env['fastrnn_commit']} from {Path(fastrnn.__file__).parent}, kernels from {kernels}; "
+          f"strategies: {', '.join(fastrnn_strategies()) or 'none'}")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the harness with parsed ``args`` (see :func:`add_arguments`); returns the exit status."""
     if args.report is not None:
@@ -194,6 +223,11 @@ def main(args: argparse.Namespace) -> int:
     from bench.results import RowWriter, environment, read_rows, result_path
 
     device = torch.device(args.device or "cuda")
+    if args.env:
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return _fail("no CUDA device (--env --device cpu prints the CPU line)")
+        print_environment(device)
+        return 0
     if device.type == "cuda" and not torch.cuda.is_available() and not args.list:
         return _fail("no CUDA device: the benchmarks time GPU kernels. For a smoke test of the harness on "
                      "the CPU use --device cpu --shape B,T,H (e.g. --shape 2,6,16).")

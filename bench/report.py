@@ -84,6 +84,20 @@ def markdown(rows: Sequence[dict], source: str = "") -> str:
     return "\n".join(out)
 
 
+def brief(rows: Sequence[dict]) -> list[str]:
+    """One line per (benchmark, shape, dtype, mode), providers in row order: ``cudnn 2.010 ms, fastrnn:tiled
+    5.120 ms (x2.55), fastrnn:persistent WRONG``; the short form a session summary prints."""
+    groups: dict[str, list[str]] = {}
+    for r in fill_ratios(rows):
+        if r["status"] == "ok":
+            what = f"{r['ms_p50']:.3f} ms" + (f" (x{r['ratio_vs_cudnn']:.2f})" if r["ratio_vs_cudnn"] is not None
+                                               and r["provider"] != "cudnn" else "")
+        else:
+            what = r["status"].upper()
+        groups.setdefault(label(r), []).append(f"{r['provider']} {what}")
+    return [f"{key}: {', '.join(items)}" for key, items in groups.items()]
+
+
 def plot(rows: Sequence[dict], path: Path) -> None:
     """Ratio vs cuDNN per benchmark and provider (log scale, line at 1); ms_p50 when no row has a ratio. Only
     measured rows (status ok) are drawn."""
