@@ -20,6 +20,8 @@ from bench.problem import Problem
 from bench.providers import PROVIDERS, Provider, Runner
 from bench.results import CPU_DEVICE_LABEL, CSV_COLUMNS, make_row
 
+BENCH_README = Path(__file__).resolve().parents[1] / "bench" / "README.md"
+#: the protocol the grid comes from, where it lies beside the repository (a development machine)
 BENCHMARKS_MD = Path(__file__).resolve().parents[2] / "shared" / "BENCHMARKS.md"
 
 #: the standard grid as the protocol states it: name -> (cell, [(B, T, H)], dtypes, layers, bidir, packed)
@@ -77,11 +79,15 @@ def test_grid_matches_the_protocol():
         assert got == want
 
 
-@pytest.mark.skipif(not BENCHMARKS_MD.exists(), reason="the protocol's BENCHMARKS.md is not beside the repository")
-def test_grid_matches_benchmarks_md_table():
-    """Every row of the protocol's grid table is in GRID with its B, T, H and dtypes (read from the file)."""
-    text = BENCHMARKS_MD.read_text()
-    table = text[text.index("## The standard grid"):].split("\n## ")[0]
+@pytest.mark.parametrize(("doc", "heading"), [(BENCH_README, "## The grid"), (BENCHMARKS_MD, "## The standard grid")],
+                         ids=["bench-readme", "protocol"])
+def test_grid_matches_the_documented_table(doc, heading):
+    """Every row of the grid table in bench/README.md (and the protocol's, where present) is in GRID with its
+    B, T, H and dtypes (read from the file)."""
+    if not doc.exists():
+        pytest.skip(f"{doc.name} is not beside the repository")
+    text = doc.read_text()
+    table = text[text.index(heading):].split("\n## ")[0]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()
             if line.startswith("|") and not line.startswith("|---") and not line.startswith("| name")]
     assert len(rows) >= 7
