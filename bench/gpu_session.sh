@@ -116,10 +116,11 @@ declare -A LOG=([setup]=versions.txt [smoke]=smoke.log [bench]=bench.log [report
 has_module() { "$PY" -c "import $1" 2>/dev/null; }
 pytest_opts() {  # $1 workers, $2 per-test timeout: only the plugins that are installed
   local opts=""
-  has_module xdist && opts="-n $1"
-  has_module pytest_timeout && opts="$opts --timeout $2 --timeout-method thread"
+  has_module xdist && opts="-n $1"  # cold Triton compiles are CPU-bound: 8 processes compile at once
+  has_module pytest_timeout && opts="$opts --timeout $2 --timeout-method thread"  # thread: also ends a hung sync
   echo "$opts"
 }
+set_pytest_opts() { export SMOKE_OPTS="$(pytest_opts 8 60)" GPU_TEST_OPTS="$(pytest_opts 8 120)"; }
 
 run_stage() {  # name limit: the stage's function in its own bash under timeout, output appended to its log
   local name=$1 limit=$2 t0=$SECONDS rc
@@ -132,7 +133,7 @@ run_stage() {  # name limit: the stage's function in its own bash under timeout,
 
 # --- dry run: on any machine, no GPU -----------------------------------------------------------------------
 if ((DRY_RUN)); then
-  export SMOKE_OPTS="$(pytest_opts 4 60)" GPU_TEST_OPTS="$(pytest_opts 6 120)"
+  set_pytest_opts
   fail=0
   check() {  # what, command...: run a check, print its last line
     local what=$1 out
@@ -158,7 +159,7 @@ if ((DRY_RUN)); then
       -e "s|\$BENCH_PLAN|$BENCH_PLAN|" -e "s|\"\$ROW_TIMEOUT\"|$ROW_TIMEOUT|"
   done
   echo "pytest options here: smoke '${SMOKE_OPTS:-none}', gpu tests '${GPU_TEST_OPTS:-none}'" \
-       "(the GPU machine has pytest-xdist and pytest-timeout: -n 4/-n 6, --timeout 60/120)"
+       "(with pytest-xdist and pytest-timeout, as on the GPU machine: -n 8, --timeout 60 / 120 --timeout-method thread)"
   echo "files in \$OUT: versions.txt smoke.log <date>-<device>.csv bench.log <date>-<device>.png <date>-<device>.md" \
        "gpu_tests.log summary.txt (8)"
   echo "total limit: $total s"
@@ -170,7 +171,7 @@ fi
 mkdir -p "$OUT"
 : >"$OUT/summary.txt"  # one line per stage as it ends, then the summary stage's lines
 run_stage setup "$LIMIT_SETUP"
-export SMOKE_OPTS="$(pytest_opts 4 60)" GPU_TEST_OPTS="$(pytest_opts 6 120)"
+set_pytest_opts
 grep -E "^(device|torch|fastrnn) " "$OUT/versions.txt"
 tail -n 1 "$OUT/summary.txt"
 for name in smoke bench report; do
