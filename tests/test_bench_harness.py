@@ -361,3 +361,18 @@ def test_fastrnn_bench_is_an_alias_of_the_checkout_harness(capsys):
         pytest.skip("checks the no-CUDA path")
     assert app_cli.main(["bench"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_the_alias_outside_a_checkout_raises_import_error_with_a_hint(tmp_path):
+    """Installed without the source tree, fastrnn/apps/bench.py finds no bench/ beside it: one clear ImportError
+    (which ``fastrnn bench`` prints as one line, see tests/test_app_cli.py)."""
+    import importlib.util
+
+    from fastrnn.apps import bench as alias
+
+    copy = tmp_path / "site" / "fastrnn" / "apps" / "bench.py"
+    copy.parent.mkdir(parents=True)
+    copy.write_text(Path(alias.__file__).read_text())
+    spec = importlib.util.spec_from_file_location("_alias_copy", copy)
+    with pytest.raises(ImportError, match="python -m bench"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
