@@ -129,9 +129,11 @@ def plot(rows: Sequence[dict], path: Path) -> None:
         ax.text(0.5, 0.5, "no measured rows", ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=75, ha="right", fontsize=7)
-    title = "; ".join(_environments(rows)) or "no rows"
+    envs = _environments(rows)
+    head = envs[0].replace(", torch", "\ntorch", 1) if envs else "no rows"  # device on a line of its own
+    more = f" (+{len(envs) - 1} more environments)" if len(envs) > 1 else ""
     dates = sorted(r["date"] for r in rows if r["date"])
-    ax.set_title(f"fastrnn bench: {title}\n{dates[0] if dates else ''}  ({counts(rows)})", fontsize=8)
+    ax.set_title(f"fastrnn bench: {head}{more}\n{dates[0] if dates else ''}  ({counts(rows)})", fontsize=8)
     ax.grid(True, which="both", axis="y", alpha=0.3)
     if providers:
         ax.legend(fontsize=8)
