@@ -27,7 +27,7 @@ def problems():
     the grid's inputs and fp64 oracles would not all fit together)."""
     import torch
 
-    from fastrnn.apps import bench as harness
+    from bench.problem import Problem
 
     cache: dict = {}
 
@@ -36,7 +36,7 @@ def problems():
         if key not in cache:
             cache.clear()
             torch.cuda.empty_cache()
-            cache[key] = harness.Problem(case, dtype, "cuda")
+            cache[key] = Problem(case, dtype, "cuda")
         return cache[key]
 
     yield get

@@ -13,4 +13,5 @@ One module per concern:
 - ``metrics``    CSV log and the loss-curve PNG
 - ``threads``    picking the CPU thread count on a shared machine
 - ``sample``     streaming generation with a single-step recurrent path
+- ``bench``      ``fastrnn bench``: a thin alias of the benchmark harness in ``bench/`` of a source checkout
 """
