@@ -12,6 +12,7 @@ from torch import Tensor
 
 from fastrnn.kernels import gru as gru_kernels
 from fastrnn.ops import _launch as L
+from fastrnn.ops import _second_order
 from fastrnn.ops import strategy as S
 
 
@@ -129,14 +130,21 @@ def _(dy, dh_n, gates, hs, w_hh, lengths, reverse, strategy="tiled"):
 def _setup_context(ctx, inputs, output):
     gx, h0, w_hh, b_hh, lengths, reverse, save, strategy = inputs
     _, _, gates, hs = output
-    ctx.save_for_backward(gates, hs, w_hh, lengths)
+    # second-order hook: the inputs a create_graph backward recomputes from (fastrnn/ops/_second_order.py)
+    ctx.save_for_backward(gates, hs, w_hh, lengths, *_second_order.to_save(gx, h0, b_hh))
     ctx.reverse, ctx.saved, ctx.strategy = reverse, save, strategy
     ctx.dtypes = (gx.dtype, h0.dtype, None if b_hh is None else b_hh.dtype)
 
 
 def _backward(ctx, dy, dh_n, *_):
     L.check_saved(ctx.saved, "gru")
-    gates, hs, w_hh, lengths = ctx.saved_tensors
+    gates, hs, w_hh, lengths, *inputs = ctx.saved_tensors
+    if _second_order.active(inputs):  # second-order hook: create_graph=True, differentiable recompute
+        gx, h0, b_hh = inputs
+        dgx, dh0, _, dw_hh, db_hh, _ = _second_order.backward(
+            "gru", gx, h0, None, w_hh, b_hh, None, lengths, ctx.reverse, dy, dh_n
+        )
+        return dgx, dh0, dw_hh, db_hh, None, None, None, None
     gx_dtype, h0_dtype, b_dtype = ctx.dtypes
     if dy is None:
         dy = torch.zeros((gates.shape[0], *hs.shape[1:]), dtype=gx_dtype, device=gates.device)

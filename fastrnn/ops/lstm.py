@@ -13,6 +13,7 @@ from torch import Tensor
 
 from fastrnn.kernels import lstm as lstm_kernels
 from fastrnn.ops import _launch as L
+from fastrnn.ops import _second_order
 from fastrnn.ops import strategy as S
 
 
@@ -156,14 +157,21 @@ def _(dy, dh_n, dc_n, gates, hs, cs, ms, w_hh, w_hr, lengths, reverse, strategy=
 def _setup_context(ctx, inputs, output):
     gx, h0, c0, w_hh, w_hr, lengths, reverse, save, strategy = inputs
     _, _, _, gates, hs, cs, ms = output
-    ctx.save_for_backward(gates, hs, cs, ms, w_hh, w_hr, lengths)
+    # second-order hook: the inputs a create_graph backward recomputes from (fastrnn/ops/_second_order.py)
+    ctx.save_for_backward(gates, hs, cs, ms, w_hh, w_hr, lengths, *_second_order.to_save(gx, h0, c0))
     ctx.reverse, ctx.saved, ctx.strategy = reverse, save, strategy
     ctx.dtypes = (gx.dtype, h0.dtype, c0.dtype)
 
 
 def _backward(ctx, dy, dh_n, dc_n, *_):
     L.check_saved(ctx.saved, "lstm")
-    gates, hs, cs, ms, w_hh, w_hr, lengths = ctx.saved_tensors
+    gates, hs, cs, ms, w_hh, w_hr, lengths, *inputs = ctx.saved_tensors
+    if _second_order.active(inputs):  # second-order hook: create_graph=True, differentiable recompute
+        gx, h0, c0 = inputs
+        dgx, dh0, dc0, dw_hh, _, dw_hr = _second_order.backward(
+            "lstm", gx, h0, c0, w_hh, None, w_hr, lengths, ctx.reverse, dy, dh_n, dc_n
+        )
+        return dgx, dh0, dc0, dw_hh, dw_hr, None, None, None, None
     gx_dtype, h0_dtype, c0_dtype = ctx.dtypes
     if dy is None:
         dy = torch.zeros((gates.shape[0], gates.shape[1], hs.shape[-1]), dtype=gx_dtype, device=gates.device)

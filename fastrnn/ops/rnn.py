@@ -10,6 +10,7 @@ from torch import Tensor
 
 from fastrnn.kernels import rnn as rnn_kernels
 from fastrnn.ops import _launch as L
+from fastrnn.ops import _second_order
 from fastrnn.ops import strategy as S
 
 #: nonlinearity name -> the kernels' ACT code
@@ -115,14 +116,21 @@ def _(dy, dh_n, hs, w_hh, lengths, reverse, nonlinearity, strategy="tiled"):
 
 def _setup_context(ctx, inputs, output):
     gx, h0, w_hh, lengths, reverse, nonlinearity, save, strategy = inputs
-    ctx.save_for_backward(output[2], w_hh, lengths)
+    # second-order hook: the inputs a create_graph backward recomputes from (fastrnn/ops/_second_order.py)
+    ctx.save_for_backward(output[2], w_hh, lengths, *_second_order.to_save(gx, h0))
     ctx.reverse, ctx.nonlinearity, ctx.saved, ctx.strategy = reverse, nonlinearity, save, strategy
     ctx.dtypes = (gx.dtype, h0.dtype)
 
 
 def _backward(ctx, dy, dh_n, *_):
     L.check_saved(ctx.saved, "rnn")
-    hs, w_hh, lengths = ctx.saved_tensors
+    hs, w_hh, lengths, *inputs = ctx.saved_tensors
+    if _second_order.active(inputs):  # second-order hook: create_graph=True, differentiable recompute
+        gx, h0 = inputs
+        dgx, dh0, _, dw_hh, _, _ = _second_order.backward(
+            "rnn_" + ctx.nonlinearity, gx, h0, None, w_hh, None, None, lengths, ctx.reverse, dy, dh_n
+        )
+        return dgx, dh0, dw_hh, None, None, None, None, None
     gx_dtype, h0_dtype = ctx.dtypes
     if dy is None:
         dy = torch.zeros((hs.shape[0] - 1, *hs.shape[1:]), dtype=gx_dtype, device=hs.device)
