@@ -413,13 +413,15 @@ class RNNCellBase(nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  backend: str | None = None) -> None:
         super().__init__()
-        self.mode = mode
+        # fastrnn's name of the recurrence ("lstm", "gru"), or "rnn" for RNNCell, whose tanh/relu choice is read
+        # from ``nonlinearity`` at each forward (_cell_mode). Private: torch.nn's cells have no ``mode``.
+        self._mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
         self.backend = check_backend(backend)
         factory = {"device": device, "dtype": dtype}
-        gates = GATES[mode] * hidden_size
+        gates = GATES.get(mode, 1) * hidden_size
         self.weight_ih = nn.Parameter(torch.empty((gates, input_size), **factory))
         self.weight_hh = nn.Parameter(torch.empty((gates, hidden_size), **factory))
         if bias:
@@ -436,7 +438,7 @@ class RNNCellBase(nn.Module):
             nn.init.uniform_(weight, -stdv, stdv)
 
     def _cell_mode(self) -> str:
-        return self.mode
+        return self._mode
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -452,7 +454,7 @@ class RNNCellBase(nn.Module):
         Returns h' [B, H] (``(h', c')`` for LSTMCell), unbatched when the input was.
         """
         name = type(self).__name__
-        lstm = self.mode == "lstm"
+        lstm = self._mode == "lstm"
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         states = None if hx is None else (list(hx) if lstm else [hx])
@@ -486,7 +488,7 @@ class RNNCell(RNNCellBase):
                  device=None, dtype=None, *, backend: str | None = None) -> None:
         # like torch.nn.RNNCell, an unknown nonlinearity is only rejected when forward runs
         self.nonlinearity = nonlinearity
-        super().__init__("rnn_tanh", input_size, hidden_size, bias, device, dtype, backend)
+        super().__init__("rnn", input_size, hidden_size, bias, device, dtype, backend)
 
     def _cell_mode(self) -> str:
         # checked when forward runs (after the shape checks), like torch.nn.RNNCell

@@ -413,6 +413,18 @@ def test_repr_matches_torch(name, args, kwargs):
 
 
 @pytest.mark.parametrize(("name", "args", "kwargs"), CONFIGS, ids=config_ids)
+def test_public_attributes_match_torch(name, args, kwargs):
+    """Same public attributes with the same values, plus ``backend`` (e.g. RNN(relu).mode is 'RNN_RELU'; the
+    cells have no ``mode``, as in torch.nn, rather than one that misreports RNNCell's relu)."""
+    ref, mod = build_pair(name, args, kwargs)
+
+    def public(module):
+        return {k: v for k, v in vars(module).items() if not k.startswith("_")}
+
+    assert public(mod) == public(ref) | {"backend": None}
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs"), CONFIGS, ids=config_ids)
 def test_parameters_names_shapes_order_match_torch(name, args, kwargs):
     ref, mod = build_pair(name, args, kwargs)
     assert [(n, p.shape, p.dtype) for n, p in mod.named_parameters()] == \
