@@ -272,6 +272,20 @@ def test_dropout_eval_mode_matches_torch(mode, backend):
     compare(run(ref, case, clone_inputs(inp)), run(mod, case, clone_inputs(inp)), torch.float64)
 
 
+@needs_triton
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_in_eval_mode_triton(mode):
+    """cuDNN refuses a backward in eval mode; fastrnn's kernels take one: eval-mode gradients (dropout off)
+    match torch.nn's CPU path."""
+    case = Case(mode=mode, L=2, bidir=True, T=3, B=2, H=5, packed="unsorted")
+    ref = torch_module(case, torch.float32).eval()
+    ref.dropout = 0.4
+    mod = fastrnn.from_torch(ref, backend="triton").to(triton_device())
+    assert not mod.training
+    got = run(mod, case, clone_inputs(make_inputs(case, torch.float32, triton_device())))
+    compare(run(ref, case, clone_inputs(make_inputs(case, torch.float32))), got, torch.float32)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
 def test_dropout_one_in_training_matches_torch(mode, backend):

@@ -91,7 +91,7 @@ def check_second_order(case: Case, backend: str, dtype: torch.dtype, wrt: str = 
     inp = make_inputs(case, dtype)
     expected = module_second_order(ref, case, clone_inputs(inp), wrt, loss_on)
     mod = fastrnn.from_torch(ref, backend=backend).to(device)
-    got = module_second_order(mod, case, clone_inputs(inp), wrt, loss_on)
+    got = module_second_order(mod, case, clone_inputs(make_inputs(case, dtype, device)), wrt, loss_on)
     compare(expected, got, dtype, "vs torch.nn same dtype: ")
     if dtype != torch.float64:
         oracle = fastrnn.from_torch(torch_module(case, torch.float64), backend="reference")
@@ -151,12 +151,12 @@ def test_double_backward_through_the_upstream_gradient(mode, backend):
     if backend == "triton" and not has_triton_recurrence():
         pytest.skip("no fastrnn.ops")
     dtype = torch.float32 if backend == "triton" else torch.float64
+    device = triton_device() if backend == "triton" else torch.device("cpu")
     case = Case(mode=mode, I=3, H=4, bidir=True, packed="unsorted", T=3, B=3)
     ref = torch_module(case, dtype)
-    inp = make_inputs(case, dtype)
 
-    def go(module):
-        leaf = clone_inputs(inp)
+    def go(module, device="cpu"):
+        leaf = clone_inputs(make_inputs(case, dtype, device))
         out, _, h_n, _ = forward(module, case, leaf)
         gen = torch.Generator().manual_seed(3)
         v = _random(gen, out).requires_grad_()
@@ -165,7 +165,7 @@ def test_double_backward_through_the_upstream_gradient(mode, backend):
         res = {"vjp": gx.detach(), "grad2 v": v.grad, "grad2 x": leaf.x.grad, "grad2 h0": leaf.h0.grad}
         return res | {f"grad2 {n}": p.grad for n, p in module.named_parameters()}
 
-    compare(go(ref), go(fastrnn.from_torch(ref, backend=backend)), dtype, "vs torch.nn: ")
+    compare(go(ref), go(fastrnn.from_torch(ref, backend=backend).to(device), device), dtype, "vs torch.nn: ")
 
 
 CELL_CLASSES = {
@@ -176,10 +176,10 @@ CELL_CLASSES = {
 }
 
 
-def cell_second_order(module, mode: str, dtype: torch.dtype, hx_given: bool = True) -> dict:
+def cell_second_order(module, mode: str, dtype: torch.dtype, hx_given: bool = True, device="cpu") -> dict:
     gen = torch.Generator().manual_seed(5)
-    x = torch.randn(3, 4, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    states = [torch.randn(3, 5, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    x = torch.randn(3, 4, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device).requires_grad_()
+    states = [torch.randn(3, 5, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device).requires_grad_()
               for _ in range(2 if mode == "lstm" else 1)] if hx_given else []
     hx = None if not hx_given else (tuple(states) if mode == "lstm" else states[0])
     out = module(x, hx)
@@ -197,9 +197,10 @@ def test_cell_second_order(mode, backend, hx_given):
         pytest.skip("no fastrnn.ops")
     torch_cls, _, extra = CELL_CLASSES[mode]
     dtype = torch.float32 if backend == "triton" else torch.float64
+    device = triton_device() if backend == "triton" else torch.device("cpu")
     ref = torch_cls(4, 5, dtype=dtype, **extra)
     oracle = fastrnn.from_torch(ref, backend="reference").double()
-    got = cell_second_order(fastrnn.from_torch(ref, backend=backend), mode, dtype, hx_given)
+    got = cell_second_order(fastrnn.from_torch(ref, backend=backend).to(device), mode, dtype, hx_given, device)
     compare(cell_second_order(ref, mode, dtype, hx_given), got, dtype, "vs torch.nn: ")
     if dtype != torch.float64:
         compare(cell_second_order(oracle, mode, torch.float64, hx_given), got, dtype, "vs fp64 reference: ")
@@ -288,15 +289,14 @@ def test_opt_out_keeps_first_order_and_refuses_second_order(monkeypatch):
     case = Case(mode="gru", I=3, H=4, T=3, B=2, packed="unsorted")
     ref = torch_module(case, torch.float32)
     mod = fastrnn.from_torch(ref, backend="triton").to(triton_device())
-    inp = make_inputs(case, torch.float32)
     monkeypatch.setenv("FASTRNN_DOUBLE_BACKWARD", "0")
-    for module in (ref, mod):
-        leaf = clone_inputs(inp)
+    grads = []
+    for module, device in ((ref, "cpu"), (mod, triton_device())):
+        leaf = clone_inputs(make_inputs(case, torch.float32, device))
         forward(module, case, leaf)[0].square().sum().backward()
-        if module is ref:
-            want = leaf.x.grad
-    assert_close("grad input", want, leaf.x.grad)
-    leaf = clone_inputs(inp)
+        grads.append(leaf.x.grad)
+    assert_close("grad input", *grads)
+    leaf = clone_inputs(make_inputs(case, torch.float32, triton_device()))
     (g,) = torch.autograd.grad(forward(mod, case, leaf)[0].square().sum(), leaf.x, create_graph=True)
     with pytest.raises(RuntimeError, match="autograd formula"):
         g.sum().backward()
@@ -306,8 +306,10 @@ def test_compiled_first_order_unchanged_for_a_module_trained_with_second_order()
     """A module that has been through a double backward still compiles fullgraph, and its first-order
     gradients match eager (the create_graph branch is not traced: the joint graph traces with grad off)."""
     torch._dynamo.reset()
-    module = fastrnn.GRU(3, 4, backend="triton" if has_triton_recurrence() else None)
-    x = torch.randn(3, 2, 3, requires_grad=True)
+    triton = has_triton_recurrence()
+    device = triton_device() if triton else torch.device("cpu")
+    module = fastrnn.GRU(3, 4, backend="triton" if triton else None, device=device)
+    x = torch.randn(3, 2, 3, device=device, requires_grad=True)
     (g,) = torch.autograd.grad(module(x)[0].square().sum(), x, create_graph=True)
     g.square().sum().backward()
     eager = torch.autograd.grad(module(x)[0].square().sum(), [x, *module.parameters()])
