@@ -5,7 +5,8 @@ in the outputs and final states (so the upstream gradients reaching the recurren
 own), then ``(sum_i g_i * r_i).backward()`` with random r_i. Compared: g and the second-order ``.grad`` of the
 input, h0, c0 and every parameter. The Triton backend (fp32: its fp64 inputs run the reference loop) is
 compared with torch.nn's CPU path in fp32 and with fastrnn's reference backend in fp64; the fp64-capable
-backends (reference, torch, auto) with torch.nn in fp64. ``gradgradcheck`` covers the fp64 paths, and
+backends (reference, torch, auto) with torch.nn in fp64; Triton fp16/bf16 by relative error against the fp64
+reference. ``gradgradcheck`` covers the fp64 paths, and
 ``fastrnn.ops.recurrence`` itself in fp64 (its forward runs the kernels; its create_graph backward is the
 differentiable recompute of fastrnn/ops/_second_order.py, which computes in fp64 for fp64).
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_close
+from helpers import REL_TOL, assert_close, rel_error
 from parity import (
     MODES,
     Case,
@@ -121,6 +122,24 @@ def test_module_second_order_triton(case):
     before = sum(fastrnn.ops.launch_counts.values())
     check_second_order(case, "triton", torch.float32, device=triton_device())
     assert sum(fastrnn.ops.launch_counts.values()) > before, "the Triton kernels did not run"
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", CASES[:5], ids=[str(c) for c in CASES[:5]])
+def test_module_second_order_triton_low_precision(case, dtype):
+    """fp16/bf16: every gradient in its input's dtype, within REL_TOL of the fp64 reference on the same
+    (rounded) weights and inputs."""
+    ref = torch_module(case, dtype)
+    got = module_second_order(fastrnn.from_torch(ref, backend="triton").to(triton_device()), case,
+                              clone_inputs(make_inputs(case, dtype, triton_device())))
+    oracle = fastrnn.from_torch(torch_module(case, torch.float64), backend="reference")
+    oracle.load_state_dict(ref.state_dict())
+    want = module_second_order(oracle, case, clone_inputs(make_inputs(case, dtype), torch.float64))
+    assert set(want) == set(got)
+    assert {n: g.dtype for n, g in got.items() if g.dtype != dtype} == {}
+    errors = {n: rel_error(want[n], got[n]) for n in want}
+    assert not {n: e for n, e in errors.items() if not e < REL_TOL[dtype]}, errors
 
 
 @needs_triton
