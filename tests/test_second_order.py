@@ -225,6 +225,22 @@ def test_cell_second_order(mode, backend, hx_given):
         compare(cell_second_order(oracle, mode, torch.float64, hx_given), got, dtype, "vs fp64 reference: ")
 
 
+@needs_triton
+def test_third_order_triton():
+    """The recompute's graph is plain autograd, so differentiating it again works too."""
+    ref = torch.nn.GRU(2, 3)
+    x0 = torch.randn(3, 2, 2)
+    results = []
+    for module, device in ((ref, "cpu"), (fastrnn.from_torch(ref, backend="triton").to(triton_device()),
+                                           triton_device())):
+        x = x0.to(device).requires_grad_()
+        (g,) = torch.autograd.grad(module(x)[0].pow(3).sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad(g.square().sum(), x, create_graph=True)
+        g2.square().sum().backward()
+        results.append({"grad2": g2.detach(), "grad3 x": x.grad, "grad3 weight_hh": module.weight_hh_l0.grad})
+    compare(*results, torch.float32, "vs torch.nn: ")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # gradgradcheck (fp64)
 # ---------------------------------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ backward unpacks them and, where :func:`active` says so, returns what :func:`bac
 
 Cost. First-order: no extra launch, copy or compute; the forward keeps gx [T, B, G] in its own dtype and
 h0 (c0, b_hh) alive until the backward -- tensors the op already received, not copies. gx is the one that
-counts: 4H (GRU 3H, RNN H) elements per batch row and step beside the (5H + P) fp32 floats the LSTM forward
-saves (GRU 5H, RNN H), i.e. +67% / +60% / +100% saved bytes per layer for fp32, +33% / +30% / +50% for
+counts: 4H (GRU 3H, RNN H) elements per batch row and step beside the 5H + P fp32 floats the LSTM forward
+saves (GRU 5H, RNN H), i.e. +67% (LSTM, P = H) / +60% / +100% saved bytes per layer for fp32, +33% / +30% / +50% for
 fp16/bf16. Under torch.compile the partitioner keeps only what the traced first-order backward reads, so the
 extra tensors are not saved there. ``FASTRNN_DOUBLE_BACKWARD=0`` (read at each forward) saves nothing extra;
 a backward with ``create_graph=True`` then runs the kernels and a second backward through it raises
