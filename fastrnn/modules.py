@@ -38,6 +38,34 @@ def _reject_extra_kwargs(cls_name: str, kwargs: dict) -> None:
         raise TypeError(f"{cls_name}.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}")
 
 
+def _packed_lstm_hx(hx, input: PackedSequence):
+    """hx of an LSTM given a PackedSequence, checked the way torch.nn.LSTM treats it.
+
+    torch.nn.LSTM runs none of its own argument checks on a PackedSequence: an unsorted one's permutation is
+    applied to ``hx[0]`` and ``hx[1]`` (a third state is dropped, a single tensor is indexed along its first
+    dimension), and the ATen operator's errors then decide the exception class. Where that class differs from
+    the padded path's (a Tensor hx with sorted data: TypeError; a state of fewer than 3 dimensions: IndexError;
+    mismatched data dtype: RuntimeError, in ``_check_input``), fastrnn raises the same class, with a message
+    naming the argument; everything else reaches the shared checks.
+    """
+    if isinstance(hx, Tensor):
+        if input.sorted_indices is None:
+            raise TypeError(f"LSTM: hx must be a tuple (h_0, c_0) for a PackedSequence input, got a Tensor of "
+                            f"shape {list(hx.shape)}")
+        hx = tuple(hx)  # what torch.nn's hx[0], hx[1] read
+    if input.sorted_indices is not None:
+        hx = tuple(hx)[:2]  # torch.nn permutes hx[0] and hx[1] only
+    if len(hx) != 2:
+        return hx  # the shared count check raises torch.nn's class
+    for i, state in enumerate(hx):
+        if isinstance(state, Tensor) and state.dim() < 3:
+            raise IndexError(
+                f"LSTM: expected hidden[{i}] to be 3-D (num_layers * num_directions, batch, size) for a "
+                f"PackedSequence input, got {state.dim()}-D of shape {list(state.shape)}"
+            )
+    return hx
+
+
 class RNNBase(nn.Module):
     """Shared machinery of :class:`RNN`, :class:`LSTM` and :class:`GRU` (cell-agnostic)."""
 
@@ -189,6 +217,11 @@ class RNNBase(nn.Module):
     def _check_input(self, input: Tensor, packed: bool) -> None:
         weight = self.weight_ih_l0
         if input.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
+            if packed and self._mode == "lstm":  # torch.nn.LSTM leaves it to the ATen operator (see _packed_lstm_hx)
+                raise RuntimeError(
+                    f"LSTM: PackedSequence data dtype ({input.dtype}) does not match weight dtype "
+                    f"({weight.dtype}); convert the data before packing, or the model: model.to({input.dtype})"
+                )
             raise ValueError(
                 f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). "
                 f"Convert input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
@@ -226,6 +259,8 @@ class RNNBase(nn.Module):
         name = {"lstm": "LSTM", "gru": "GRU"}.get(self._mode, "RNN")
         lstm = self._mode == "lstm"
         packed = isinstance(input, PackedSequence)
+        if lstm and packed and hx is not None:
+            hx = _packed_lstm_hx(hx, input)
         states = None if hx is None else (list(hx) if lstm else [hx])
         if lstm and states is not None and len(states) != 2:
             if len(states) < 2:  # torch.nn indexes hx[1]
@@ -378,13 +413,15 @@ class RNNCellBase(nn.Module):
     def __init__(self, mode: str, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  backend: str | None = None) -> None:
         super().__init__()
-        self.mode = mode
+        # fastrnn's name of the recurrence ("lstm", "gru"), or "rnn" for RNNCell, whose tanh/relu choice is read
+        # from ``nonlinearity`` at each forward (_cell_mode). Private: torch.nn's cells have no ``mode``.
+        self._mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
         self.backend = check_backend(backend)
         factory = {"device": device, "dtype": dtype}
-        gates = GATES[mode] * hidden_size
+        gates = GATES.get(mode, 1) * hidden_size
         self.weight_ih = nn.Parameter(torch.empty((gates, input_size), **factory))
         self.weight_hh = nn.Parameter(torch.empty((gates, hidden_size), **factory))
         if bias:
@@ -401,7 +438,7 @@ class RNNCellBase(nn.Module):
             nn.init.uniform_(weight, -stdv, stdv)
 
     def _cell_mode(self) -> str:
-        return self.mode
+        return self._mode
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
@@ -417,7 +454,7 @@ class RNNCellBase(nn.Module):
         Returns h' [B, H] (``(h', c')`` for LSTMCell), unbatched when the input was.
         """
         name = type(self).__name__
-        lstm = self.mode == "lstm"
+        lstm = self._mode == "lstm"
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         states = None if hx is None else (list(hx) if lstm else [hx])
@@ -451,7 +488,7 @@ class RNNCell(RNNCellBase):
                  device=None, dtype=None, *, backend: str | None = None) -> None:
         # like torch.nn.RNNCell, an unknown nonlinearity is only rejected when forward runs
         self.nonlinearity = nonlinearity
-        super().__init__("rnn_tanh", input_size, hidden_size, bias, device, dtype, backend)
+        super().__init__("rnn", input_size, hidden_size, bias, device, dtype, backend)
 
     def _cell_mode(self) -> str:
         # checked when forward runs (after the shape checks), like torch.nn.RNNCell

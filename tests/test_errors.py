@@ -5,6 +5,12 @@ row runs on torch.nn and on fastrnn (reference and auto backends). The row asser
 (so a torch upgrade that changes behaviour shows up here), that fastrnn raises the same class at the same
 point (construction or forward), and that fastrnn's message names the argument. Rows with ``pattern=None``
 are things torch.nn accepts: fastrnn must accept them too.
+
+PackedSequence rows: torch.nn.RNN/GRU check a packed input as they check a padded one, but torch.nn.LSTM runs
+none of its own checks on it (its ATen operator's errors decide the class: RuntimeError for a data dtype that
+is not the weights', IndexError for a 2-D state, TypeError for a Tensor hx with sorted data); the rows
+tabulate each class. Unsorted lengths without ``enforce_sorted=False`` are rejected by torch's
+``pack_padded_sequence`` before any module runs; that row records the class a user of either library sees.
 """
 
 from __future__ import annotations
@@ -43,8 +49,18 @@ def packed(i=I):
     return pack_padded_sequence(torch.randn(T, B, i), [3, T, 2], enforce_sorted=False)
 
 
-def packed_sorted():
-    return pack_padded_sequence(torch.randn(T, B, I), [T, 3, 2])
+def packed_sorted(i=I):
+    return pack_padded_sequence(torch.randn(T, B, i), [T, 3, 2])
+
+
+def packed_of(dtype, sorted_=False):
+    """A PackedSequence whose data has ``dtype`` (torch packs any dtype)."""
+    data = torch.randn(T, B, I).to(dtype) if dtype.is_floating_point else torch.ones(T, B, I, dtype=dtype)
+    return pack_padded_sequence(data, [T, 3, 2] if sorted_ else [3, T, 2], enforce_sorted=sorted_)
+
+
+def pack_unsorted_lengths():
+    return pack_padded_sequence(torch.randn(T, B, I), [3, T, 2])
 
 
 @dataclass
@@ -121,6 +137,19 @@ for cls in SEQ:
         fwd("empty sequence", cls, lambda m: m(x3(t=0)), RuntimeError, "sequence length"),
         fwd("packed: wrong feature size", cls, lambda m: m(packed(I + 2)), RuntimeError,
             "input_size|shapes cannot be multiplied"),
+        fwd("packed sorted: wrong feature size", cls, lambda m: m(packed_sorted(I - 1)), RuntimeError,
+            "input_size|shapes cannot be multiplied"),
+        # torch.nn.LSTM leaves a PackedSequence's dtype to the ATen operator (RuntimeError); RNN/GRU check it
+        fwd("packed: integer data", cls, lambda m: m(packed_of(torch.long)),
+            RuntimeError if cls == "LSTM" else ValueError, "dtype"),
+        fwd("packed sorted: integer data", cls, lambda m: m(packed_of(torch.int32, sorted_=True)),
+            RuntimeError if cls == "LSTM" else ValueError, "dtype"),
+        fwd("packed: float64 data, float32 module", cls, lambda m: m(packed_of(torch.float64)),
+            RuntimeError if cls == "LSTM" else ValueError, "dtype"),
+        fwd("packed sorted: float16 data, float32 module", cls, lambda m: m(packed_of(torch.float16, True)),
+            RuntimeError if cls == "LSTM" else ValueError, "dtype"),
+        fwd("unsorted lengths without enforce_sorted=False (raised by pack_padded_sequence, before the module)",
+            cls, lambda m: m(pack_unsorted_lengths()), RuntimeError, "enforce_sorted"),
         fwd("empty sequence, batch_first", cls, lambda m: m(torch.randn(B, 0, I)), RuntimeError, "sequence length",
             kwargs={"batch_first": True}),
         fwd("empty unbatched sequence", cls, lambda m: m(torch.randn(0, I)), RuntimeError, "sequence length"),
@@ -151,6 +180,10 @@ for cls in ("GRU", "RNN"):
             "hidden|index|bounds"),
         fwd("packed sorted: hx batch too big", cls, lambda m: m(packed_sorted(), h3(1, b=B + 2)), RuntimeError,
             "hidden"),
+        fwd("packed sorted: hx batch too small", cls, lambda m: m(packed_sorted(), h3(1, b=B - 1)), RuntimeError,
+            "hidden"),
+        fwd("packed: hx 2-D", cls, lambda m: m(packed(), torch.randn(B, H)), RuntimeError, "hidden"),
+        fwd("packed: hx float64", cls, lambda m: m(packed(), h3(dtype=torch.float64)), RuntimeError, "dtype"),
         fwd("hx tuple", cls, lambda m: m(x3(), (h3(),)), AttributeError, "dim"),
         accepted("packed unsorted: hx batch too big (torch permutes first)", cls,
                  call=lambda m: m(packed(), h3(1, b=B + 2))),
@@ -193,6 +226,32 @@ ROWS += [
         "hidden|index|bounds"),
     accepted("packed unsorted: hx batch too big (torch permutes first)", "LSTM",
              call=lambda m: m(packed(), (h3(1, b=B + 1), h3(1, b=B + 1)))),
+    # torch.nn.LSTM runs none of its own checks on a PackedSequence: the ATen operator's classes
+    fwd("packed sorted: h0 batch too small", "LSTM", lambda m: m(packed_sorted(), (h3(1, b=B - 1), h3())),
+        RuntimeError, r"hidden\[0\]"),
+    fwd("packed sorted: h0 batch too big", "LSTM", lambda m: m(packed_sorted(), (h3(1, b=B + 1), h3())),
+        RuntimeError, r"hidden\[0\]"),
+    fwd("packed: c0 batch too small", "LSTM", lambda m: m(packed(), (h3(), h3(1, b=B - 1))), RuntimeError,
+        r"hidden\[1\]"),
+    fwd("packed sorted: c0 batch too big", "LSTM", lambda m: m(packed_sorted(), (h3(), h3(1, b=B + 1))),
+        RuntimeError, r"hidden\[1\]"),
+    accepted("packed unsorted: c0 batch too big (torch permutes first)", "LSTM",
+             call=lambda m: m(packed(), (h3(), h3(1, b=B + 1)))),
+    fwd("packed: c0 wrong hidden size", "LSTM", lambda m: m(packed(), (h3(), h3(1, h=H + 1))), RuntimeError,
+        r"hidden\[1\]"),
+    fwd("packed: h0 float64", "LSTM", lambda m: m(packed(), (h3(dtype=torch.float64), h3())), RuntimeError,
+        "dtype"),
+    fwd("packed: h0 2-D", "LSTM", lambda m: m(packed(), (torch.randn(B, H), h3())), IndexError, r"hidden\[0\]"),
+    fwd("packed sorted: c0 2-D", "LSTM", lambda m: m(packed_sorted(), (h3(), torch.randn(B, H))), IndexError,
+        r"hidden\[1\]"),
+    fwd("packed sorted: hx a single tensor", "LSTM", lambda m: m(packed_sorted(), h3(1)), TypeError, "hx"),
+    fwd("packed: hx a single tensor (1 layer)", "LSTM", lambda m: m(packed(), h3(1)), IndexError, "hx"),
+    fwd("packed: hx a single tensor (2 layers)", "LSTM", lambda m: m(packed(), h3(2)), IndexError, "hidden",
+        kwargs={"num_layers": 2}),
+    fwd("packed sorted: hx tuple of three", "LSTM", lambda m: m(packed_sorted(), (h3(), h3(), h3())),
+        RuntimeError, "two"),
+    accepted("packed unsorted: hx tuple of three (torch permutes the first two only)", "LSTM",
+             call=lambda m: m(packed(), (h3(), h3(), h3()))),
 ]
 
 # -- cells ----------------------------------------------------------------------------------------------------

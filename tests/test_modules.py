@@ -272,6 +272,20 @@ def test_dropout_eval_mode_matches_torch(mode, backend):
     compare(run(ref, case, clone_inputs(inp)), run(mod, case, clone_inputs(inp)), torch.float64)
 
 
+@needs_triton
+@pytest.mark.parametrize("mode", MODES)
+def test_backward_in_eval_mode_triton(mode):
+    """cuDNN refuses a backward in eval mode; fastrnn's kernels take one: eval-mode gradients (dropout off)
+    match torch.nn's CPU path."""
+    case = Case(mode=mode, L=2, bidir=True, T=3, B=2, H=5, packed="unsorted")
+    ref = torch_module(case, torch.float32).eval()
+    ref.dropout = 0.4
+    mod = fastrnn.from_torch(ref, backend="triton").to(triton_device())
+    assert not mod.training
+    got = run(mod, case, clone_inputs(make_inputs(case, torch.float32, triton_device())))
+    compare(run(ref, case, clone_inputs(make_inputs(case, torch.float32))), got, torch.float32)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
 def test_dropout_one_in_training_matches_torch(mode, backend):
@@ -410,6 +424,18 @@ def test_repr_matches_torch(name, args, kwargs):
     ref, mod = build_pair(name, args, kwargs)
     assert repr(mod) == repr(ref)
     assert repr(fastrnn.from_torch(ref, backend="reference")) == repr(ref)
+
+
+@pytest.mark.parametrize(("name", "args", "kwargs"), CONFIGS, ids=config_ids)
+def test_public_attributes_match_torch(name, args, kwargs):
+    """Same public attributes with the same values, plus ``backend`` (e.g. RNN(relu).mode is 'RNN_RELU'; the
+    cells have no ``mode``, as in torch.nn, rather than one that misreports RNNCell's relu)."""
+    ref, mod = build_pair(name, args, kwargs)
+
+    def public(module):
+        return {k: v for k, v in vars(module).items() if not k.startswith("_")}
+
+    assert public(mod) == public(ref) | {"backend": None}
 
 
 @pytest.mark.parametrize(("name", "args", "kwargs"), CONFIGS, ids=config_ids)

@@ -3,9 +3,11 @@
 ``recurrence`` is the entry point the functional layer calls for the ``triton`` backend; it has the
 signature, semantics and return of :func:`fastrnn.reference.recurrence` and is differentiable w.r.t.
 gx, h0, c0, w_hh, b_hh and w_hr through the ops ``fastrnn::lstm``, ``fastrnn::gru``, ``fastrnn::rnn``
-(and their ``*_backward`` ops), registered by the submodules of the same names. ``launch_counts`` counts
-kernel launches per kernel name (tests use it to prove the Triton path ran). Which kernels run (tiled or
-persistent) is decided in :mod:`fastrnn.ops.strategy`: ``use_strategy(...)``, else ``$FASTRNN_STRATEGY``.
+(and their ``*_backward`` ops), registered by the submodules of the same names. A backward run with
+``create_graph=True`` is a differentiable recompute instead (:mod:`fastrnn.ops._second_order`), so
+second-order gradients work. ``launch_counts`` counts kernel launches per kernel name (tests use it to prove
+the Triton path ran). Which kernels run (tiled or persistent) is decided in :mod:`fastrnn.ops.strategy`:
+``use_strategy(...)``, else ``$FASTRNN_STRATEGY``.
 
 Precision: state and accumulation in fp32. fp32 inputs run their matmuls with fp32 operands and exact
 ("ieee") products, so results track the fp64 reference to ~1e-5; fp16/bf16 inputs read the recurrent matmul

@@ -110,5 +110,10 @@ def _(dy, dh_n, gates, hs, w_hh, lengths, reverse, strategy="auto"):
 
 
 _autograd.register(
-    gru, gru_backward, states=2, grads=("gx", "h0", "w_hh", "b_hh"), passes=("w_hh", "lengths", "reverse", "strategy")
+    gru,
+    gru_backward,
+    states=2,
+    grads=("gx", "h0", "w_hh", "b_hh"),
+    passes=("w_hh", "lengths", "reverse", "strategy"),
+    mode=lambda args: "gru",
 )

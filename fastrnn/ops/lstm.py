@@ -141,4 +141,5 @@ _autograd.register(
     states=3,
     grads=("gx", "h0", "c0", "w_hh", "w_hr"),
     passes=("w_hh", "w_hr", "lengths", "reverse", "strategy"),
+    mode=lambda args: "lstm",
 )

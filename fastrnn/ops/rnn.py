@@ -103,4 +103,5 @@ _autograd.register(
     states=2,
     grads=("gx", "h0", "w_hh"),
     passes=("w_hh", "lengths", "reverse", "nonlinearity", "strategy"),
+    mode=lambda args: "rnn_" + args["nonlinearity"],
 )
