@@ -29,9 +29,9 @@ GEMMs and the input projection's GEMMs (forward; with the backward, its two grad
 H200["gemm_efficiency"] of the measured matrix rate. Stacks (deep/bidir) run layers x directions recurrences
 one after another. ``est_ratio_vs_cudnn`` = est_us_per_step / cudnn_us_per_step; at the anchor's shape,
 ``est_ratio_vs_anchor`` compares with the measured fp16 figure whatever the dtype (for bf16 a conservative
-comparison: cuDNN's bf16 path is its standard algorithm, no faster than its fp16 persistent one). fp32 input
-projections run torch's default exact fp32 GEMMs (cuBLAS without TF32), while cuDNN's fp32 RNNs use TF32
-throughout by default: the model charges each side its own rate.
+comparison: cuDNN's bf16 path is its standard algorithm, no faster than its fp16 persistent one). fp32 GEMMs
+run on TF32 on both sides (torch.backends.cudnn.allow_tf32, torch's default, which fastrnn's fp32 recurrences,
+input projections and weight gradients follow as cuDNN does).
 
 cuDNN figures: the one measured anchor (FlashRNN's H100 benchmark, LSTM B=16 T=1024 H=768 fp16: 2.01 ms
 forward, 5.19 ms forward+backward); everything else is a model of cuDNN (see :func:`cudnn_us_per_step`),
@@ -190,8 +190,8 @@ def estimate_kernel(launch, case: Case, dtype: torch.dtype, backward: bool) -> K
 
 def gemm_us(case: Case, dtype: str, train: bool, rate_dtype: str | None = None) -> float:
     """Per step: the input projection (and with ``train`` its two gradient GEMMs and the dW_hh GEMM) of every
-    layer and direction, at gemm_efficiency of the matrix rate of ``rate_dtype`` (default ``dtype``: fastrnn's
-    fp32 projection is torch's default exact fp32)."""
+    layer and direction, at gemm_efficiency of the matrix rate of ``rate_dtype`` (default: ``dtype``, TF32
+    for fp32)."""
     G = GATES[case.cell] * case.H
     tokens = case.B * case.T
     flops = 0.0
@@ -199,7 +199,8 @@ def gemm_us(case: Case, dtype: str, train: bool, rate_dtype: str | None = None) 
         inp = case.I if layer == 0 else case.H * case.directions
         per_dir = 2 * tokens * inp * G * (3 if train else 1) + (2 * tokens * G * case.H if train else 0)
         flops += per_dir * case.directions
-    rate = H200["gemm_tflops"][rate_dtype or dtype] * H200["gemm_efficiency"] * 1e6  # flop per µs
+    rate_dtype = rate_dtype or ("tf32" if dtype == "fp32" else dtype)
+    rate = H200["gemm_tflops"][rate_dtype] * H200["gemm_efficiency"] * 1e6  # flop per µs
     return flops / rate / case.T
 
 
@@ -230,7 +231,7 @@ def cudnn_us_per_step(case: Case, dtype: str, pass_: str) -> tuple[float, str]:
         rate = "tf32" if dtype == "fp32" else dtype  # cuDNN's fp32 RNNs use TF32 by default (allow_tf32)
         gemm = 2 * case.B * G * case.H / (H200["gemm_tflops"][rate] * 1e6)
         fwd = (max(CUDNN_KERNEL_FLOOR_US, gemm) + CUDNN_KERNEL_FLOOR_US) * case.layers * case.directions
-        fwd += gemm_us(case, dtype, False, rate)
+        fwd += gemm_us(case, dtype, False)
         source = f"model: standard algorithm, 2 kernels/step of >= {CUDNN_KERNEL_FLOOR_US} µs"
     if pass_ == "fwd+bwd":
         return fwd * CUDNN_TRAIN_FACTOR, source + f"; x{CUDNN_TRAIN_FACTOR:.2f} for fwd+bwd"

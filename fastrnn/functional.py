@@ -54,13 +54,20 @@ def _torch_native(mode, input, batch_sizes, hx, weights, has_biases, num_layers,
     return result[0], tuple(result[1:])
 
 
-def _input_projection(mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None) -> Tensor:
+def _input_projection(
+    mode: str, x: Tensor, w_ih: Tensor, b_ih: Tensor | None, b_hh: Tensor | None, impl: str
+) -> Tensor:
     """x @ W_ih^T plus the biases the recurrence does not need apart, as one GEMM.
 
     LSTM and RNN add both biases here (summed first, so the GEMM adds them and autocast keeps gx in its
-    lower precision); GRU keeps b_hh apart because its candidate gate scales (h W_hn^T + b_hn) by r.
+    lower precision); GRU keeps b_hh apart because its candidate gate scales (h W_hn^T + b_hn) by r. The
+    ``triton`` backend's fp32 GEMMs follow cuDNN's TF32 switch (:mod:`fastrnn.ops.projection`).
     """
     bias = b_ih if b_hh is None or b_ih is None or mode == "gru" else b_ih + b_hh
+    if impl == "triton":
+        from fastrnn.ops import projection
+
+        return projection.linear(x, w_ih, bias)
     return F.linear(x, w_ih, bias)
 
 
@@ -75,7 +82,7 @@ def _stack(mode, x, h0, c0, weights, lengths, num_layers, dropout, training, bid
         for direction in range(directions):
             k = layer * directions + direction
             w_ih, w_hh, b_ih, b_hh, w_hr = weights[k]
-            gx = _input_projection(mode, layer_input, w_ih, b_ih, b_hh)  # [T, B, G]: one GEMM for all T
+            gx = _input_projection(mode, layer_input, w_ih, b_ih, b_hh, impl)  # [T, B, G]: one GEMM for all T
             y, h, c = recurrence(
                 mode, gx, h0[k], None if c0 is None else c0[k], w_hh,
                 b_hh if mode == "gru" else None, w_hr, lengths, direction == 1,
@@ -243,7 +250,7 @@ def cell(
         b_ih = None if b_ih is None else b_ih.to(cdt)
         b_hh = None if b_hh is None else b_hh.to(cdt)
         states = tuple(s.to(cdt) for s in states)
-    gx = _input_projection(mode, input, w_ih, b_ih, b_hh)
+    gx = _input_projection(mode, input, w_ih, b_ih, b_hh, impl)
     _, h, c = _recurrence_impl(impl)(
         mode, gx.unsqueeze(0), states[0], states[1] if mode == "lstm" else None, w_hh,
         b_hh if mode == "gru" else None, None, None, False,

@@ -40,6 +40,14 @@ def poison_empty(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def exact_fp32():
+    """fp32 checks are exact-fp32 checks: torch's default TF32 for cuDNN RNNs (which fastrnn's fp32 recurrences
+    and input projections follow on a GPU, fastrnn.ops.strategy.precision) is off unless a test turns it on."""
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        yield
+
+
+@pytest.fixture(autouse=True)
 def seed():
     torch.manual_seed(0)
     yield
