@@ -19,9 +19,10 @@ of the step's instructions. The model adds the four (it assumes no overlap betwe
     state  H200["l2_latency_us"] + bytes read from other programs / per-SM L2 bandwidth (forward: the
            exchanged h_{t-1} chunks; backward: the partials of every unit tile, and the partials written);
            streamed weight slices add their bytes here too (tiled: all of W_hh, every step)
-    mma    per tensor-core instruction of the step (SASS), the longer of its FMAs at the SM's rate and its
-           shared-memory operand bytes at 128 B/clk (a weight slice is read from shared memory every step;
-           Triton keeps no dot operand in registers across loop iterations), plus staging the state chunks
+    mma    the longer of the step's FMAs at the SM's tensor rate and its shared-memory operand reads at
+           128 B/clk (a weight slice is read from shared memory every step: Triton keeps no dot operand in
+           registers across loop iterations; an operand is read once per group of warps sharing it, from the
+           compiled layout), plus staging the state chunks into shared memory
     issue  the time loop's other SASS instructions, one per warp scheduler per clock (4 per SM)
 
 A forward+backward step adds the backward kernel's step, and per step (divided by T) the weight-gradient
@@ -164,7 +165,13 @@ def estimate_kernel(launch, case: Case, dtype: torch.dtype, backward: bool) -> K
     b_bytes = (P if not backward else rows) * bn * itemsize * tiles_b * tiles_u  # the state side
     staged = P * bn * itemsize * tiles_b * tiles_u if not backward else rows * bn * itemsize * tiles_b * tiles_u
     rate = _tensor_rate(res["mma"], itemsize)
-    mma_clk = max(fmas / rate, (a_bytes + b_bytes) / H200["smem_bytes_per_clk"])
+    # operands are read once per group of warps that shares them: a wgmma warpgroup (4 warps) reads all of its
+    # A rows and its B columns, an mma.sync warp its own rows and columns, so A is read once per group along N
+    # and B once per group along M (warpsPerCTA of the compiled layout)
+    wm, wn = res["mma_warps"]
+    groups_m = max(1, wm // 4) if res["mma"] == "wgmma" else wm
+    smem_read = a_bytes * wn + b_bytes * groups_m
+    mma_clk = max(fmas / rate, smem_read / H200["smem_bytes_per_clk"])
     mma_us = _us(mma_clk + staged / H200["smem_bytes_per_clk"])
     # what crosses L2 in a step: the state from every program (forward), partials in and out (backward)
     if backward:
@@ -183,7 +190,7 @@ def estimate_kernel(launch, case: Case, dtype: torch.dtype, backward: bool) -> K
     other = max(0, sass["instructions"] - sass["tensor"])
     issue_us = _us(other * warps / H200["issue_per_clk"])
     return KernelEstimate(
-        launch.name, grid.programs, res, sass, a_bytes + b_bytes + 2 * staged, moved, flag_waits,
+        launch.name, grid.programs, res, sass, smem_read + 2 * staged, moved, flag_waits,
         sync_us, state_us, mma_us, issue_us,
     )  # fmt: skip
 

@@ -166,7 +166,8 @@ def resources(compiled) -> dict[str, Any]:
     """What the compiled kernel uses: ``regs`` per thread, ``spill_bytes`` (spill stores + loads), ``stack_bytes``,
     ``smem_bytes`` (Triton's shared memory), ``mma`` (``wgmma`` | ``mma`` | ``fma``: the fastest matrix
     instruction in the PTX), and per-kernel PTX counts of ``wgmma``, ``mma_sync`` and fp32 ``fma``
-    instructions (straight-line code: a loop body counts once)."""
+    instructions (straight-line code: a loop body counts once), and ``mma_warps``, the warpsPerCTA (M, N) of the
+    first matrix layout (how the dot's operands are shared among the warps)."""
     log = _ptxas(compiled.asm["ptx"])
     ptx = compiled.asm["ptx"]
     regs = int(re.search(r"Used (\d+) registers", log).group(1))
@@ -174,9 +175,11 @@ def resources(compiled) -> dict[str, Any]:
     stack = int(re.search(r"(\d+) bytes stack frame", log).group(1))
     counts = {"wgmma": ptx.count("wgmma.mma_async"), "mma_sync": ptx.count("mma.sync"), "fma": ptx.count("fma.rn.f32")}
     kind = "wgmma" if counts["wgmma"] else "mma" if counts["mma_sync"] else "fma"
+    layout = re.search(r"nvidia_mma<\{versionMajor = \d[^}]*warpsPerCTA = \[(\d+), (\d+)", compiled.asm["ttgir"])
     return {
         "regs": regs, "spill_bytes": stores + loads, "stack_bytes": stack, "smem_bytes": compiled.metadata.shared,
-        "mma": kind, "num_warps": compiled.metadata.num_warps, **counts,
+        "mma": kind, "num_warps": compiled.metadata.num_warps,
+        "mma_warps": (int(layout.group(1)), int(layout.group(2))) if layout else (1, 1), **counts,
     }  # fmt: skip
 
 
