@@ -6,8 +6,8 @@ Backends:
                    ``TRITON_INTERPRET=1`` is set (the Triton interpreter, for testing).
     ``torch``      PyTorch's native RNN operators (what torch.nn runs: cuDNN on CUDA, ATen on CPU).
     ``auto``       ``triton`` on CUDA tensors, ``torch`` on every other device -- except while torch.compile
-                   traces, where the CPU choice is ``reference``: torch's native RNN operators cannot be traced
-                   with ``fullgraph=True`` (torch.nn.LSTM itself fails there), fastrnn's step loop can.
+                   traces, where the CPU choice is ``reference``: fastrnn's step loop, which the compiler sees
+                   through and fuses (torch.nn.LSTM itself cannot be compiled with ``fullgraph=True``).
 
 The requested backend comes from the module's ``backend=`` argument, else the ``FASTRNN_BACKEND``
 environment variable, else ``auto``. float64 inputs never reach the Triton kernels: they run on the
