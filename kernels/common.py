@@ -14,9 +14,9 @@ Glossary (as in the cell files):
 Layout of the matmuls: the weight slice is always the M side, [rows, K] against a state transposed to [K, BN],
 so that a 64-row slice meets Hopper's wgmma (M = 64 per warpgroup) whatever the batch, and the state tile the
 dot produces is [units, batch]. A resident slice is loaded once, before the time loop, as NKC chunks [rows, KC]
-(Triton keeps such loop-invariant dot operands in shared memory); K need not be a power of two, only a
-multiple of... nothing: each chunk is masked past K. A streamed slice is re-read from global memory (L2) chunk
-by chunk every step.
+(Triton keeps such loop-invariant dot operands in shared memory); K needs no padding to a power of two beyond
+the last chunk's (768 = 3 x 256). A streamed slice is re-read from global memory (L2) chunk by chunk every
+step.
 
 Precision (PREC): 0 fp16/bf16 operands on tensor cores (the state is rounded to the weight's dtype), 1 fp32
 operands on TF32 tensor cores, 2 fp32 operands with exact products (also used for bf16 under the interpreter,
@@ -236,6 +236,7 @@ def slice_matmul(
 
 @triton.jit
 def _store_partial(z_ptr, p0, P, KC: tl.constexpr, n_offs, n_mask, z):
+    """Store the [KC, BN] rows p0 .. p0 + KC of a partial (scatter_partials)."""
     ps = p0 + tl.arange(0, KC)
     tl.store(z_ptr + ps[:, None] + n_offs[None, :], z, mask=(ps < P)[:, None] & n_mask[None, :])
 
@@ -411,14 +412,9 @@ def forward_loop(
     pid_h, group, n_groups = program_ids(N_H, PERSISTENT)
     flags = flag_ptr + group * N_H
     PHASES: tl.constexpr = 2 if HAS_PROJ else 1
-    res = 0, 0, 0, 0
-    res_r = 0, 0, 0, 0
-    if RESIDENT:
-        rows, row_mask = gate_rows(pid_h, H, NG, NGS, BU)
-        res = resident_chunks(w_ptr, rows * P, row_mask, 1, P, KC, NKC, False)  # [NGS * BU, KC] each
-        if HAS_PROJ:
-            q = pid_h * BQ + tl.arange(0, BQ)
-            res_r = resident_chunks(w_hr_ptr, q.to(tl.int64) * H, q < P, 1, H, KCH, NKCH, False)  # [BQ, KCH]
+    res, res_r = resident_slices(
+        w_ptr, w_hr_ptr, pid_h, H, P, NG, NGS, False, HAS_PROJ, RESIDENT, BU, BQ, KC, NKC, KCH, NKCH
+    )
     for s in range(0, T):
         for b0 in range(group * BN, B, n_groups * BN):
             for j in range(pid_h, tl.cdiv(H, BU), N_H):
@@ -479,14 +475,9 @@ def backward_loop(
     pid_h, group, n_groups = program_ids(N_H, PERSISTENT)
     flags = flag_ptr + group * N_H
     PHASES: tl.constexpr = 2 if HAS_PROJ else 1
-    res = 0, 0, 0, 0
-    res_r = 0, 0, 0, 0
-    if RESIDENT:
-        rows, row_mask = gate_rows(pid_h, H, NG, NGS, BU)
-        res = resident_chunks(w_ptr, rows * P, row_mask, 1, P, KC, NKC, True)  # [KC, NGS * BU] each
-        if HAS_PROJ:
-            units = pid_h * BU + tl.arange(0, BU)
-            res_r = resident_chunks(w_hr_ptr, units.to(tl.int64), units < H, H, P, KCH, NKCH, False)  # [BU, KCH]
+    res, res_r = resident_slices(
+        w_ptr, w_hr_ptr, pid_h, H, P, NG, NGS, True, HAS_PROJ, RESIDENT, BU, BQ, KC, NKC, KCH, NKCH
+    )
     for s in range(0, T):
         if HAS_PROJ:
             for b0 in range(group * BN, B, n_groups * BN):
@@ -507,6 +498,142 @@ def backward_loop(
     for b0 in range(group * BN, B, n_groups * BN):
         for q0 in range(pid_h * BQ, P, N_H * BQ):
             final_dh_tile(bufs, flags, T * PHASES, T, q0, b0, B, H, P, N_H, PERSISTENT, BU, BQ, BN, NF, NPC)
+
+
+@triton.jit
+def resident_slices(
+    w_ptr,
+    w_hr_ptr,
+    pid_h,
+    H,
+    P,
+    NG: tl.constexpr,
+    NGS: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    HAS_PROJ: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    BU: tl.constexpr,
+    BQ: tl.constexpr,
+    KC: tl.constexpr,
+    NKC: tl.constexpr,
+    KCH: tl.constexpr,
+    NKCH: tl.constexpr,
+):
+    """The resident weight slices of program ``pid_h`` (RESIDENT; zeros otherwise): its W_hh gate rows, as
+    [NGS * BU, KC] chunks over P (the backward: transposed, [KC, NGS * BU]), and with proj_size its W_hr slice:
+    forward the rows of its projection tile, [BQ, KCH] chunks over H; backward the columns of its unit tile,
+    [BU, KCH] chunks over P."""
+    res = 0, 0, 0, 0
+    res_r = 0, 0, 0, 0
+    if RESIDENT:
+        rows, row_mask = gate_rows(pid_h, H, NG, NGS, BU)
+        res = resident_chunks(w_ptr, rows * P, row_mask, 1, P, KC, NKC, BACKWARD)
+        if HAS_PROJ and BACKWARD:
+            units = pid_h * BU + tl.arange(0, BU)
+            res_r = resident_chunks(w_hr_ptr, units.to(tl.int64), units < H, H, P, KCH, NKCH, False)
+        elif HAS_PROJ:
+            q = pid_h * BQ + tl.arange(0, BQ)
+            res_r = resident_chunks(w_hr_ptr, q.to(tl.int64) * H, q < P, 1, H, KCH, NKCH, False)
+    return res, res_r
+
+
+@triton.jit
+def tile_step(
+    s,
+    j,
+    b0,
+    T,
+    B,
+    N,
+    len_ptr,
+    REVERSE: tl.constexpr,
+    SAVE: tl.constexpr,
+    HAS_LEN: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    BU: tl.constexpr,
+    BN: tl.constexpr,
+):
+    """Where a tile step works: time t of step s (backward steps in reverse), the state slots it reads and
+    writes, tile j's units (of N) and batch columns from b0 with their masks, the [BU, BN] mask and which
+    columns are live at t ([1, BN])."""
+    if BACKWARD:
+        t = step_time_bwd(s, T, REVERSE)
+    else:
+        t = step_time(s, T, REVERSE)
+    s_in, s_out = state_slots(t, REVERSE, SAVE)
+    units, unit_mask, cols, col_mask = tile_ids(j, b0, N, B, BU, BN)
+    mask = unit_mask[:, None] & col_mask[None, :]
+    return t, s_in, s_out, units, unit_mask, cols, col_mask, mask, batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+
+
+@triton.jit
+def recurrent_gates(
+    res,
+    w_ptr,
+    xh_ptr,
+    flags,
+    target,
+    s,
+    j,
+    cols,
+    col_mask,
+    B,
+    H,
+    P,
+    N_H,
+    NG: tl.constexpr,
+    NGS: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    BU: tl.constexpr,
+    BN: tl.constexpr,
+    KC: tl.constexpr,
+    NKC: tl.constexpr,
+    NF: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """The NGS gate blocks [BU, BN] of h_{t-1} W_hh^T for unit tile j (split_gates), h_{t-1} read from slot
+    (s + 1) % 2 of the exchange buffer xh [2, B, P] once every program of the group has written it (waits for
+    ``target`` when PERSISTENT; call it after the tile's own loads, which then overlap the wait)."""
+    if PERSISTENT:
+        wait_for(flags, N_H, target, NF)
+    rows, row_mask = gate_rows(j, H, NG, NGS, BU)
+    acc = tl.zeros([NGS * BU, BN], tl.float32)
+    acc = slice_matmul(
+        acc, res, w_ptr, rows * P, row_mask, 1, xh_ptr + slot_base((s + 1) % 2, B, P), cols * P, col_mask, P,
+        KC, NKC, RESIDENT, PREC,
+    )  # fmt: skip
+    return split_gates(acc, NGS, BU, BN)
+
+
+@triton.jit
+def carried_dh(
+    bufs,
+    flags,
+    target,
+    s,
+    t,
+    units,
+    unit_mask,
+    cols,
+    col_mask,
+    mask,
+    live,
+    B,
+    H,
+    P,
+    N_H,
+    PERSISTENT: tl.constexpr,
+    BU: tl.constexpr,
+    NF: tl.constexpr,
+    NPC: tl.constexpr,
+):
+    """dL/dh_t [BQ, BN] of P-units ``units``: dh_local, then (PERSISTENT) the wait for ``target``, then every
+    unit tile's partial of the step before (dh_total). Call it after the tile's own loads."""
+    dh = dh_local(bufs, t, cols, units, mask, live, B, P)
+    if PERSISTENT:
+        wait_for(flags, N_H, target, NF)
+    return dh_total(dh, bufs, s, cols, col_mask, units, unit_mask, B, H, P, BU, NPC)
 
 
 @triton.jit

@@ -26,27 +26,20 @@ import triton
 import triton.language as tl
 from fastrnn.kernels.common import (
     backward_loop,
-    batch_live,
-    dh_local,
-    dh_total,
+    carried_dh,
     emit_h,
     forward_loop,
     gate_rows,
     join_gates,
     load_tile,
+    recurrent_gates,
     scatter_partials,
     set_carry,
     sigmoid,
-    slice_matmul,
     slot_base,
-    split_gates,
-    state_slots,
-    step_time,
-    step_time_bwd,
     tanh,
-    tile_ids,
     tile_offs,
-    wait_for,
+    tile_step,
 )
 
 
@@ -76,26 +69,19 @@ def gru_fwd_tile(
 ):  # fmt: skip
     """Unit tile j of batch tile b0 at step s: r, z, n from h_{t-1} (xh) and h_t."""
     gx_ptr, len_ptr, hs_ptr, y_ptr, xh_ptr, b_ptr, gates_ptr = bufs
-    t = step_time(s, T, REVERSE)
-    s_in, s_out = state_slots(t, REVERSE, SAVE)
-    units, unit_mask, cols, col_mask = tile_ids(j, b0, H, B, BU, BN)
-    mask = unit_mask[:, None] & col_mask[None, :]
-    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    t, s_in, s_out, units, unit_mask, cols, col_mask, mask, live = tile_step(
+        s, j, b0, T, B, H, len_ptr, REVERSE, SAVE, HAS_LEN, False, BU, BN
+    )
     g_ptrs = gx_ptr + slot_base(t, B, 3 * H) + tile_offs(cols, 3 * H, units)  # [BU, BN]
     x_r = load_tile(g_ptrs, mask) + tl.load(b_ptr + units, mask=unit_mask, other=0.0)[:, None]
     x_z = load_tile(g_ptrs + H, mask) + tl.load(b_ptr + H + units, mask=unit_mask, other=0.0)[:, None]
     x_n = load_tile(g_ptrs + 2 * H, mask)
     b_n = tl.load(b_ptr + 2 * H + units, mask=unit_mask, other=0.0)[:, None]
     h_prev = load_tile(hs_ptr + slot_base(s_in, B, H) + tile_offs(cols, H, units), mask)
-    if PERSISTENT:
-        wait_for(flags, N_H, target, NF)
-    rows, row_mask = gate_rows(j, H, NG, NGS, BU)
-    acc = tl.zeros([NGS * BU, BN], tl.float32)
-    acc = slice_matmul(
-        acc, res, w_ptr, rows * H, row_mask, 1, xh_ptr + slot_base((s + 1) % 2, B, H), cols * H, col_mask, H,
-        KC, NKC, RESIDENT, PREC,
+    gh_r, gh_z, gh_n, _ = recurrent_gates(
+        res, w_ptr, xh_ptr, flags, target, s, j, cols, col_mask, B, H, H, N_H,
+        NG, NGS, PERSISTENT, RESIDENT, BU, BN, KC, NKC, NF, PREC,
     )  # fmt: skip
-    gh_r, gh_z, gh_n, _ = split_gates(acc, NGS, BU, BN)
     hn = gh_n + b_n
     r, z, n, h = gru_cell(x_r + gh_r, x_z + gh_z, x_n, hn, h_prev)
     emit_h(h, h_prev, live, t, s_out, s % 2, cols, units, mask, hs_ptr, y_ptr, xh_ptr, B, H)
@@ -118,21 +104,18 @@ def gru_bwd_tile(
     """Unit tile j of batch tile b0 at backward step s: dh_t from the partials, dgx[t], dgh[t], the direct dh carry
     and the tile's partial of dgh_t W_hh."""
     dy_ptr, len_ptr, dh_ptr, xz_ptr, gates_ptr, hs_ptr, dgx_ptr, dgh_ptr = bufs
-    t = step_time_bwd(s, T, REVERSE)
-    s_in, _ = state_slots(t, REVERSE, True)
-    units, unit_mask, cols, col_mask = tile_ids(j, b0, H, B, BU, BN)
-    mask = unit_mask[:, None] & col_mask[None, :]
-    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    t, s_in, _, units, unit_mask, cols, col_mask, mask, live = tile_step(
+        s, j, b0, T, B, H, len_ptr, REVERSE, True, HAS_LEN, True, BU, BN
+    )
     s_ptrs = gates_ptr + slot_base(t, B, 4 * H) + tile_offs(cols, 4 * H, units)
     r = load_tile(s_ptrs, mask)
     z = load_tile(s_ptrs + H, mask)
     n = load_tile(s_ptrs + 2 * H, mask)
     hn = load_tile(s_ptrs + 3 * H, mask)
     h_prev = load_tile(hs_ptr + slot_base(s_in, B, H) + tile_offs(cols, H, units), mask)
-    dh = dh_local(bufs, t, cols, units, mask, live, B, H)
-    if PERSISTENT:
-        wait_for(flags, N_H, target, NF)
-    dh = dh_total(dh, bufs, s, cols, col_mask, units, unit_mask, B, H, H, BU, NPC)
+    dh = carried_dh(
+        bufs, flags, target, s, t, units, unit_mask, cols, col_mask, mask, live, B, H, H, N_H, PERSISTENT, BU, NF, NPC
+    )
     dr, dz, dn, dh_direct = gru_cell_grad(dh, r, z, n, hn, h_prev)
     dr = tl.where(live, dr, 0.0)
     dz = tl.where(live, dz, 0.0)

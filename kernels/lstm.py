@@ -30,26 +30,21 @@ import triton
 import triton.language as tl
 from fastrnn.kernels.common import (
     backward_loop,
-    batch_live,
-    dh_local,
-    dh_total,
+    carried_dh,
     emit_h,
     forward_loop,
     gate_rows,
     join_gates,
     load_tile,
+    recurrent_gates,
     scatter_partials,
     set_carry,
     sigmoid,
     slice_matmul,
     slot_base,
-    split_gates,
-    state_slots,
-    step_time,
-    step_time_bwd,
     tanh,
-    tile_ids,
     tile_offs,
+    tile_step,
     wait_for,
 )
 
@@ -82,11 +77,9 @@ def lstm_fwd_tile(
 ):  # fmt: skip
     """Unit tile j of batch tile b0 at step s: gates from h_{t-1} (xh), c_t, and h_t (m_t with proj_size)."""
     gx_ptr, len_ptr, hs_ptr, y_ptr, xh_ptr, cs_ptr, gates_ptr, ms_ptr, xm_ptr = bufs
-    t = step_time(s, T, REVERSE)
-    s_in, s_out = state_slots(t, REVERSE, SAVE)
-    units, unit_mask, cols, col_mask = tile_ids(j, b0, H, B, BU, BN)
-    mask = unit_mask[:, None] & col_mask[None, :]
-    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    t, s_in, s_out, units, unit_mask, cols, col_mask, mask, live = tile_step(
+        s, j, b0, T, B, H, len_ptr, REVERSE, SAVE, HAS_LEN, False, BU, BN
+    )
     g_row = slot_base(t, B, 4 * H)
     g_offs = tile_offs(cols, 4 * H, units)  # [BU, BN]
     c_offs = tile_offs(cols, H, units)
@@ -98,15 +91,10 @@ def lstm_fwd_tile(
     h_prev = 0.0
     if HAS_LEN and not HAS_PROJ:
         h_prev = load_tile(hs_ptr + slot_base(s_in, B, P) + tile_offs(cols, P, units), mask)
-    if PERSISTENT:
-        wait_for(flags, N_H, target, NF)
-    rows, row_mask = gate_rows(j, H, NG, NGS, BU)
-    acc = tl.zeros([NGS * BU, BN], tl.float32)
-    acc = slice_matmul(
-        acc, res, w_ptr, rows * P, row_mask, 1, xh_ptr + slot_base((s + 1) % 2, B, P), cols * P, col_mask, P,
-        KC, NKC, RESIDENT, PREC,
+    a_i, a_f, a_g, a_o = recurrent_gates(
+        res, w_ptr, xh_ptr, flags, target, s, j, cols, col_mask, B, H, P, N_H,
+        NG, NGS, PERSISTENT, RESIDENT, BU, BN, KC, NKC, NF, PREC,
     )  # fmt: skip
-    a_i, a_f, a_g, a_o = split_gates(acc, NGS, BU, BN)
     i, f, g, o, c, m = lstm_cell(a_i + x_i, a_f + x_f, a_g + x_g, a_o + x_o, c_prev)
     if HAS_PROJ:
         tl.store(xm_ptr + slot_base(s % 2, B, H) + c_offs, m.to(xm_ptr.dtype.element_ty), mask=mask)
@@ -131,11 +119,9 @@ def lstm_proj_tile(
 ):  # fmt: skip
     """Projection units q0 .. q0 + BQ of batch tile b0 at step s: h_t = m_t W_hr^T, m_t from every program (xm)."""
     gx_ptr, len_ptr, hs_ptr, y_ptr, xh_ptr, cs_ptr, gates_ptr, ms_ptr, xm_ptr = bufs
-    t = step_time(s, T, REVERSE)
-    s_in, s_out = state_slots(t, REVERSE, SAVE)
-    units, unit_mask, cols, col_mask = tile_ids(q0 // BQ, b0, P, B, BQ, BN)
-    mask = unit_mask[:, None] & col_mask[None, :]
-    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    t, s_in, s_out, units, unit_mask, cols, col_mask, mask, live = tile_step(
+        s, q0 // BQ, b0, T, B, P, len_ptr, REVERSE, SAVE, HAS_LEN, False, BQ, BN
+    )
     h_prev = 0.0
     if HAS_LEN:
         h_prev = load_tile(hs_ptr + slot_base(s_in, B, P) + tile_offs(cols, P, units), mask)
@@ -160,11 +146,9 @@ def lstm_bwd_tile(
     """Unit tile j of batch tile b0 at backward step s: dL/dm_t (from the partials, or with proj_size from dL/dh_t
     of every program via xd), the gate gradients dg[t], the dc carry, and the tile's partial of dh_{t-1}."""
     dy_ptr, len_ptr, dh_ptr, xz_ptr, gates_ptr, cs_ptr, dc_ptr, dg_ptr, dhs_ptr, xd_ptr = bufs
-    t = step_time_bwd(s, T, REVERSE)
-    s_in, s_out = state_slots(t, REVERSE, True)
-    units, unit_mask, cols, col_mask = tile_ids(j, b0, H, B, BU, BN)
-    mask = unit_mask[:, None] & col_mask[None, :]
-    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    t, s_in, s_out, units, unit_mask, cols, col_mask, mask, live = tile_step(
+        s, j, b0, T, B, H, len_ptr, REVERSE, True, HAS_LEN, True, BU, BN
+    )
     g_row = slot_base(t, B, 4 * H)
     g_offs = tile_offs(cols, 4 * H, units)
     dc_offs = tile_offs(cols, H, units)
@@ -175,19 +159,19 @@ def lstm_bwd_tile(
     c = load_tile(cs_ptr + slot_base(s_out, B, H) + dc_offs, mask)
     c_prev = load_tile(cs_ptr + slot_base(s_in, B, H) + dc_offs, mask)
     dc = load_tile(dc_ptr + dc_offs, mask)
-    dm = 0.0
-    if not HAS_PROJ:
-        dm = dh_local(bufs, t, cols, units, mask, live, B, P)
-    if PERSISTENT:
-        wait_for(flags, N_H, target, NF)
     if HAS_PROJ:
+        if PERSISTENT:
+            wait_for(flags, N_H, target, NF)
         dm = tl.zeros([BU, BN], tl.float32)
         dm = slice_matmul(
             dm, res_r, w_hr_ptr, units.to(tl.int64), unit_mask, H, xd_ptr + slot_base(s % 2, B, P), cols * P, col_mask,
             P, KCH, NKCH, RESIDENT, PREC,
         )  # fmt: skip
     else:
-        dm = dh_total(dm, bufs, s, cols, col_mask, units, unit_mask, B, H, P, BU, NPC)
+        dm = carried_dh(
+            bufs, flags, target, s, t, units, unit_mask, cols, col_mask, mask, live, B, H, P, N_H,
+            PERSISTENT, BU, NF, NPC,
+        )  # fmt: skip
         set_carry(bufs, cols, units, mask, B, P, tl.where(live, 0.0, dm))
     da_i, da_f, da_g, da_o, dc_prev = lstm_cell_grad(dm, dc, i, f, g, o, c, c_prev)
     da_i = tl.where(live, da_i, 0.0)
@@ -216,14 +200,12 @@ def lstm_proj_bwd_tile(
     """Projection units q0 .. q0 + BQ of batch tile b0 at backward step s (proj_size): dL/dh_t from the partials,
     saved to dhs[t] (zero on frozen columns) and exchanged through xd for every unit tile's dm."""
     dy_ptr, len_ptr, dh_ptr, xz_ptr, gates_ptr, cs_ptr, dc_ptr, dg_ptr, dhs_ptr, xd_ptr = bufs
-    t = step_time_bwd(s, T, REVERSE)
-    units, unit_mask, cols, col_mask = tile_ids(q0 // BQ, b0, P, B, BQ, BN)
-    mask = unit_mask[:, None] & col_mask[None, :]
-    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
-    dh = dh_local(bufs, t, cols, units, mask, live, B, P)
-    if PERSISTENT:
-        wait_for(flags, N_H, target, NF)
-    dh = dh_total(dh, bufs, s, cols, col_mask, units, unit_mask, B, H, P, BU, NPC)
+    t, _, _, units, unit_mask, cols, col_mask, mask, live = tile_step(
+        s, q0 // BQ, b0, T, B, P, len_ptr, REVERSE, True, HAS_LEN, True, BQ, BN
+    )
+    dh = carried_dh(
+        bufs, flags, target, s, t, units, unit_mask, cols, col_mask, mask, live, B, H, P, N_H, PERSISTENT, BU, NF, NPC
+    )
     set_carry(bufs, cols, units, mask, B, P, tl.where(live, 0.0, dh))
     dh = tl.where(live, dh, 0.0)
     offs = tile_offs(cols, P, units)

@@ -20,24 +20,18 @@ import triton
 import triton.language as tl
 from fastrnn.kernels.common import (
     backward_loop,
-    batch_live,
-    dh_local,
-    dh_total,
+    carried_dh,
     emit_h,
     forward_loop,
     gate_rows,
     load_tile,
+    recurrent_gates,
     scatter_partials,
     set_carry,
-    slice_matmul,
     slot_base,
-    state_slots,
-    step_time,
-    step_time_bwd,
     tanh,
-    tile_ids,
     tile_offs,
-    wait_for,
+    tile_step,
 )
 
 
@@ -69,23 +63,18 @@ def rnn_fwd_tile(
 ):  # fmt: skip
     """Unit tile j of batch tile b0 at step s: h_t = act(gx_t + h_{t-1} W_hh^T) (OPT is ACT)."""
     gx_ptr, len_ptr, hs_ptr, y_ptr, xh_ptr = bufs
-    t = step_time(s, T, REVERSE)
-    s_in, s_out = state_slots(t, REVERSE, SAVE)
-    units, unit_mask, cols, col_mask = tile_ids(j, b0, H, B, BU, BN)
-    mask = unit_mask[:, None] & col_mask[None, :]
-    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    t, s_in, s_out, units, unit_mask, cols, col_mask, mask, live = tile_step(
+        s, j, b0, T, B, H, len_ptr, REVERSE, SAVE, HAS_LEN, False, BU, BN
+    )
     offs = tile_offs(cols, H, units)
     a = load_tile(gx_ptr + slot_base(t, B, H) + offs, mask)
     h_prev = 0.0
     if HAS_LEN:
         h_prev = load_tile(hs_ptr + slot_base(s_in, B, H) + offs, mask)
-    if PERSISTENT:
-        wait_for(flags, N_H, target, NF)
-    rows, row_mask = gate_rows(j, H, NG, NGS, BU)
-    a = slice_matmul(
-        a, res, w_ptr, rows * H, row_mask, 1, xh_ptr + slot_base((s + 1) % 2, B, H), cols * H, col_mask, H,
-        KC, NKC, RESIDENT, PREC,
-    )  # fmt: skip
+    a += recurrent_gates(
+        res, w_ptr, xh_ptr, flags, target, s, j, cols, col_mask, B, H, H, N_H,
+        NG, NGS, PERSISTENT, RESIDENT, BU, BN, KC, NKC, NF, PREC,
+    )[0]  # fmt: skip
     emit_h(rnn_act(a, OPT), h_prev, live, t, s_out, s % 2, cols, units, mask, hs_ptr, y_ptr, xh_ptr, B, H)
 
 
@@ -100,17 +89,14 @@ def rnn_bwd_tile(
     """Unit tile j of batch tile b0 at backward step s: dh_t from the partials, da = dg[t], the frozen-column
     carry and the tile's partial of da_t W_hh."""
     dy_ptr, len_ptr, dh_ptr, xz_ptr, hs_ptr, dg_ptr = bufs
-    t = step_time_bwd(s, T, REVERSE)
-    _, s_out = state_slots(t, REVERSE, True)
-    units, unit_mask, cols, col_mask = tile_ids(j, b0, H, B, BU, BN)
-    mask = unit_mask[:, None] & col_mask[None, :]
-    live = batch_live(t, cols, col_mask, len_ptr, HAS_LEN)
+    t, _, s_out, units, unit_mask, cols, col_mask, mask, live = tile_step(
+        s, j, b0, T, B, H, len_ptr, REVERSE, True, HAS_LEN, True, BU, BN
+    )
     offs = tile_offs(cols, H, units)
     h = load_tile(hs_ptr + slot_base(s_out, B, H) + offs, mask)
-    dh = dh_local(bufs, t, cols, units, mask, live, B, H)
-    if PERSISTENT:
-        wait_for(flags, N_H, target, NF)
-    dh = dh_total(dh, bufs, s, cols, col_mask, units, unit_mask, B, H, H, BU, NPC)
+    dh = carried_dh(
+        bufs, flags, target, s, t, units, unit_mask, cols, col_mask, mask, live, B, H, H, N_H, PERSISTENT, BU, NF, NPC
+    )
     da = tl.where(live, rnn_act_grad(dh, h, OPT), 0.0)
     rows, row_mask = gate_rows(j, H, NG, NGS, BU)
     scatter_partials(
