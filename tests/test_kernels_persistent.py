@@ -17,7 +17,6 @@ import torch
 import triton
 import triton.language as tl
 from fastrnn.kernels import common as common_kernels
-from fastrnn.kernels import lstm as lstm_kernels
 from helpers import assert_close
 from recurrence_check import check_large, check_recurrence, make_inputs, make_lengths, triton_device
 
@@ -135,9 +134,9 @@ def _publish_nothing(flag, value, PERSISTENT: tl.constexpr):
 
 @needs_interpreter
 def test_a_missing_wait_fails(programs, monkeypatch):
-    """With the wait gone (the LSTM tiles no longer wait for the other programs' flags) the staggered programs
-    read states nobody wrote yet (NaN-poisoned, or stale), and the comparison with the reference fails."""
-    monkeypatch.setattr(lstm_kernels, "wait_for", _wait_for_nothing)
+    """With the wait gone (no tile waits for the other programs' flags) the staggered programs read states nobody
+    wrote yet (NaN-poisoned, or stale), and the comparison with the reference fails."""
+    monkeypatch.setattr(common_kernels, "wait_for", _wait_for_nothing)
     programs(3)
     with pytest.raises(AssertionError, match="max abs err|non-finite"):
         check_recurrence("lstm", 4, 3, 40, backward=False)
