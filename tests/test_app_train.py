@@ -136,7 +136,7 @@ def test_corrupt_and_truncated_checkpoints(trained, tmp_path, capsys):
         assert main(["train", "--out", str(tmp_path / "o"), "--resume", str(tmp_path / name), "--quiet"]) == 2
         assert "corrupt or truncated" in capsys.readouterr().err
     torch.save({"something": torch.zeros(2)}, tmp_path / "foreign.pt")
-    with pytest.raises(CheckpointError, match="not a fastrnn char-LM checkpoint"):
+    with pytest.raises(CheckpointError, match="not a fastrnn language-model checkpoint"):
         checkpoint.load(tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not found"):
         checkpoint.load(tmp_path / "absent.pt")

@@ -1,8 +1,10 @@
-"""The training configuration and its per-device defaults.
+"""The training configuration and its defaults per device and corpus.
 
 Every ``fastrnn train`` option defaults to ``None`` on the command line; the value is filled in from, in
-order: the option itself, the checkpoint being resumed, the default for the device found
-(:data:`CPU_DEFAULTS` or :data:`GPU_DEFAULTS`).
+order: the option itself, the checkpoint being resumed, the default for the device found and the corpus
+(:func:`defaults_for`: :data:`CPU_DEFAULTS` or :data:`GPU_DEFAULTS`, or :data:`HUMAN_NUMBERS_DEFAULTS` for
+the word-level human_numbers model on either device). ``--tokens`` itself defaults to the corpus's natural
+kind: ``word`` for human_numbers, ``char`` for anything else.
 
 CPU default (fp32, torch's ATen kernels): 1 layer x 256 LSTM, 64-wide embedding, 32 streams x 128 steps,
 AdamW lr 3e-3 -> 3e-4, a 4-minute budget. Measured on an idle 2-core EPYC: ~95k chars/s, i.e. up to ~20 passes over
@@ -21,20 +23,27 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 
-#: settings that define the network or the stream layout; a resumed run must keep them
-LOCKED = ("cell", "layers", "hidden", "embed", "batch_size", "seq_len")
+from fastrnn.apps.data import HUMAN_NUMBERS, natural_tokens
+
+#: settings that define the network, its tokens or the stream layout; a resumed run must keep them
+LOCKED = ("tokens", "cell", "layers", "hidden", "embed", "tie_weights", "batch_size", "seq_len")
 
 
 @dataclass
 class TrainConfig:
     """Everything that determines a training run's result (besides the data and the world size)."""
 
-    data: str | None = None  # None: the bundled Tiny Shakespeare
+    data: str | None = None  # None: the bundled Tiny Shakespeare; "human_numbers": generated
+    tokens: str = "char"  # char | word (whitespace-separated)
     cell: str = "lstm"
     layers: int = 1
     hidden: int = 256
     embed: int = 64
-    dropout: float = 0.0
+    dropout: float = 0.0  # between recurrent layers and before the output layer
+    embed_dropout: float = 0.0  # on the embedding output
+    tie_weights: bool = False  # output layer shares the embedding matrix (embed == hidden)
+    ar: float = 0.0  # activation regularisation: ar * mean(h^2)
+    tar: float = 0.0  # temporal activation regularisation: tar * mean((h_t - h_(t-1))^2)
     batch_size: int = 32  # streams per process
     seq_len: int = 128
     lr: float = 3e-3
@@ -66,9 +75,22 @@ GPU_DEFAULTS = TrainConfig(
 )
 
 
-def defaults_for(device_type: str) -> TrainConfig:
-    """The default configuration for a device type (``cuda`` gets the GPU default, anything else the CPU one)."""
-    return dataclasses.replace(GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS)
+#: the word-level human_numbers model, on CPU and CUDA alike (far too small to keep a GPU busy)
+HUMAN_NUMBERS_DEFAULTS = TrainConfig(tokens="word")
+
+
+def defaults_for(device_type: str, data: str | None = None, tokens: str | None = None) -> TrainConfig:
+    """The default configuration for a device type, corpus and token kind (default: the corpus's natural kind).
+
+    human_numbers with word tokens gets :data:`HUMAN_NUMBERS_DEFAULTS`; anything else ``cuda`` gets the GPU
+    default and other devices the CPU one.
+    """
+    tokens = tokens or natural_tokens(data)
+    if data == HUMAN_NUMBERS and tokens == "word":
+        base = HUMAN_NUMBERS_DEFAULTS
+    else:
+        base = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
+    return dataclasses.replace(base, data=data, tokens=tokens)
 
 
 def option_name(field: str) -> str:
