@@ -292,3 +292,70 @@ def test_an_interrupted_write_keeps_the_old_checkpoint(trained, tmp_path, monkey
         checkpoint.save({"config": {}, "vocab": "ab", "model": {}, "step": 1}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ------------------------------------------------------------------------------------ accuracy and penalties
+
+
+class _Rule(torch.nn.Module):
+    """A fake model with fixed logits: after token 0 it favours 1, after 1 it favours 2, after 2 it ties 0 and 1."""
+
+    def forward(self, x, state=None):
+        table = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [3.0, 3.0, 0.0]])  # [V, V]: row = input token
+        return table[x], state
+
+
+def test_accuracy_against_a_hand_count():
+    from fastrnn.apps.data import StreamBatches
+    from fastrnn.apps.train import evaluate
+
+    ids = torch.tensor([0, 1, 2, 0, 1, 1, 2, 1, 0, 2, 2])  # 11 tokens, one stream, chunks of 4
+    batches = StreamBatches(ids, batch_size=1, seq_len=4)
+    # input -> target, predicted (the first of tied logits wins, so after 2 the guess is 0):
+    # 0->1 ok, 1->2 ok, 2->0 ok, 0->1 ok, 1->1 no, 1->2 ok, 2->1 no, 1->0 no, 0->2 no, 2->2 no
+    loss, acc = evaluate(_Rule(), batches, torch.device("cpu"), amp=False)
+    assert acc == pytest.approx(5 / 10)
+    logits = _Rule()(ids[:-1])[0]
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, ids[1:]).item(), rel=1e-6)
+
+
+def test_activation_penalty():
+    from fastrnn.apps.model import activation_penalty
+
+    h = torch.tensor([[[1.0, -1.0], [3.0, 1.0], [3.0, 2.0]]])  # [B=1, T=3, H=2]
+    assert activation_penalty(h, 0.0, 0.0).item() == 0.0
+    assert activation_penalty(h, 2.0, 0.0).item() == pytest.approx(2.0 * (1 + 1 + 9 + 1 + 9 + 4) / 6)
+    assert activation_penalty(h, 0.0, 1.0).item() == pytest.approx((4 + 4 + 0 + 1) / 4)
+
+
+def test_version_1_checkpoint_still_loads_and_resumes(trained, tmp_path, capsys):
+    """A checkpoint from before word-level models (format version 1, no ``tokens``) is a char checkpoint."""
+    from fastrnn.apps.sample import generate, load_model
+
+    ckpt = torch.load(trained / "last.pt", weights_only=True)
+    ckpt["version"] = 1
+    del ckpt["config"]["tokens"]
+    for key in ("embed_dropout", "tie_weights", "ar", "tar"):
+        del ckpt["config"][key]
+    out = tmp_path / "old"
+    out.mkdir()
+    torch.save(ckpt, out / "last.pt")
+    model, vocab = load_model(out / "last.pt")
+    assert vocab.kind == "char" and len(generate(model, vocab, "ROMEO:", 20, seed=1)) == 20
+    assert main(["train", "--out", str(out), "--resume", "--steps", "310", "--quiet"]) == 0
+    assert checkpoint.load(out / "last.pt")["step"] == 310
+
+
+def test_accuracy_column_and_old_log_names(tmp_path, small_text):
+    out = tmp_path / "run"
+    common = ["--data", str(small_text), "--batch-size", "4", "--seq-len", "16", "--steps", "20", "--val-every", "10"]
+    assert _train(out, *common, "--stop-after", "10") == 0
+    rows = read_log(out / "log.csv")
+    assert [r["val_acc"] != "" for r in rows].count(True) == 1 and 0 < float(rows[-1]["val_acc"]) < 1
+    # a log written before the columns were renamed (chars, val_bpc, chars_per_s) keeps its values on resume
+    text = (out / "log.csv").read_text().replace("tokens_per_s", "chars_per_s").replace("val_bits", "val_bpc")
+    (out / "log.csv").write_text(text.replace("epoch,tokens,", "epoch,chars,"))
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    rows = read_log(out / "log.csv")
+    assert rows[0]["tokens"] == str(10 * 4 * 16) and rows[0]["tokens_per_s"] and rows[-1]["step"] == "20"
+    assert all(r["val_bits"] for r in rows if r["val_loss"])
