@@ -76,7 +76,11 @@ GPU_DEFAULTS = TrainConfig(
 
 
 #: the word-level human_numbers model, on CPU and CUDA alike (far too small to keep a GPU busy)
-HUMAN_NUMBERS_DEFAULTS = TrainConfig(tokens="word")
+HUMAN_NUMBERS_DEFAULTS = TrainConfig(
+    tokens="word", cell="gru", layers=2, hidden=64, embed=64, tie_weights=True, dropout=0.3, embed_dropout=0.1,
+    ar=2.0, tar=1.0, weight_decay=0.5, batch_size=64, seq_len=16, lr=1e-2, min_lr=1e-4, warmup=100, steps=3000,
+    max_minutes=2.5, val_every=250, log_every=25,
+)
 
 
 def defaults_for(device_type: str, data: str | None = None, tokens: str | None = None) -> TrainConfig:
