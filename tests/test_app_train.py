@@ -21,9 +21,9 @@ from fastrnn.apps.data import load_text
 from fastrnn.apps.errors import CheckpointError
 from fastrnn.apps.metrics import read_log
 
-#: a tiny, fast configuration (steps-only budget, so runs are repeatable)
-TINY = ["--hidden", "48", "--embed", "16", "--batch-size", "8", "--seq-len", "32", "--max-minutes", "0",
-        "--log-every", "10", "--quiet"]
+#: a tiny, fast configuration (steps-only budget, so runs are repeatable); one fp32 layer whatever the CPU default
+TINY = ["--layers", "1", "--hidden", "48", "--embed", "16", "--dropout", "0", "--batch-size", "8", "--seq-len", "32",
+        "--dtype", "fp32", "--max-minutes", "0", "--log-every", "10", "--quiet"]
 
 
 def _train(out: Path, *extra: str) -> int:
@@ -184,9 +184,19 @@ def test_user_error_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_bf16_on_cpu_is_a_user_error(tmp_path, capsys):
-    assert _train(tmp_path, "--dtype", "bf16", "--device", "cpu", "--steps", "5") == 2
-    assert "--dtype bf16 needs a CUDA device" in capsys.readouterr().err
+def test_bf16_autocast_trains_on_cpu(tmp_path, small_text):
+    """--dtype bf16 on the CPU: bf16 autocast in training and validation, fp32 weights and checkpoints."""
+    from fastrnn.apps.sample import generate, load_model
+
+    assert _train(tmp_path, "--data", str(small_text), "--batch-size", "4", "--seq-len", "16", "--steps", "40",
+                  "--val-every", "20", "--lr", "1e-2", "--warmup", "5", "--dtype", "bf16", "--device", "cpu") == 0
+    vals = _vals(tmp_path)
+    assert len(vals) == 2 and all(math.isfinite(v) for v in vals) and vals[-1] < math.log(65) - 0.5, vals
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert ckpt["config"]["dtype"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in ckpt["model"].values())
+    model, vocab = load_model(tmp_path / "best.pt")
+    assert len(generate(model, vocab, "ROMEO:", 30, seed=1)) == 30
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
@@ -359,3 +369,14 @@ def test_accuracy_column_and_old_log_names(tmp_path, small_text):
     rows = read_log(out / "log.csv")
     assert rows[0]["tokens"] == str(10 * 4 * 16) and rows[0]["tokens_per_s"] and rows[-1]["step"] == "20"
     assert all(r["val_bits"] for r in rows if r["val_loss"])
+
+
+def test_cpu_default_depends_on_native_bf16(monkeypatch):
+    from fastrnn.apps import config
+
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: True)
+    assert config.defaults_for("cpu") == config.CPU_DEFAULTS and config.CPU_DEFAULTS.dtype == "bf16"
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: False)
+    fallback = config.defaults_for("cpu")
+    assert fallback == config.CPU_FP32_DEFAULTS and fallback.dtype == "fp32"
+    assert config.defaults_for("cuda") == config.GPU_DEFAULTS  # the GPU default does not ask the CPU

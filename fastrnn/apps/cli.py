@@ -119,7 +119,10 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict]] = [
                                       help="validate (whole validation split) and checkpoint every STEPS")),
     ("--log-every", "log_every", dict(type=_positive(int), metavar="STEPS", help="CSV log / progress interval")),
     ("--seed", "seed", dict(type=int, help="random seed (init, dropout)")),
-    ("--dtype", "dtype", dict(choices=("fp32", "bf16"), help="bf16: autocast mixed precision, CUDA only")),
+    ("--dtype", "dtype", dict(choices=("fp32", "bf16"),
+                              help="bf16: autocast mixed precision (weights stay fp32), on CUDA or the CPU; the "
+                                   "CPU default is bf16 only where the CPU has bf16 instructions (AVX512-BF16, AMX), "
+                                   "else the one-layer fp32 model")),
 ]
 
 

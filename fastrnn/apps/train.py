@@ -130,8 +130,8 @@ def resolve_config(overrides: dict, device: torch.device, ckpt: dict | None) -> 
     if cfg.tie_weights and cfg.embed != cfg.hidden:
         raise AppError(f"--tie-weights needs --embed equal to --hidden (got --embed {cfg.embed}, "
                        f"--hidden {cfg.hidden}); drop --embed, or pass --no-tie-weights")
-    if cfg.dtype == "bf16" and device.type != "cuda":
-        raise AppError(f"--dtype bf16 needs a CUDA device (training on {device.type}); use --dtype fp32")
+    if cfg.dtype == "bf16" and device.type not in ("cuda", "cpu"):
+        raise AppError(f"--dtype bf16 needs a CUDA device or the CPU (training on {device.type}); use --dtype fp32")
     if cfg.min_lr > cfg.lr:
         if "min_lr" in overrides:
             raise AppError(f"--min-lr {cfg.min_lr:g} is larger than --lr {cfg.lr:g}")
