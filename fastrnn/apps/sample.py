@@ -77,7 +77,7 @@ def generate(model: LanguageModel, vocab: Vocab, prompt: str, length: int, tempe
         top_k: sample among the k most likely tokens only (0: all).
         seed: seeds the sampling generator; None draws a fresh seed.
         on_char: called with each token's text as soon as it is generated (streaming): the character, or for
-            words the separator and the word (" seven", "\nseven" after "."; no separator after an empty
+            words the separator and the word (a space before it, a newline after "."; nothing after an empty
             prompt). The returned text is these pieces joined.
 
     Raises:

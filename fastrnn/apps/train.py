@@ -344,7 +344,7 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
         f"{f' x {d.world} processes' if d.world > 1 else ''}, {cfg.dtype}, backend {opts.backend}")
     n_tokens = len(enc.train) + len(enc.val)
     unk = f", {enc.unknown_val:,} validation words unseen in training -> <unk>" if enc.unknown_val else ""
-    say(f"data: {corpus.name} ({n_tokens:,} {unit}s, vocabulary {len(vocab)}{unk}; {len(enc.train):,} train, "
+    say(f"data: {corpus.name} ({n_tokens:,} {unit}s, vocabulary {len(vocab):,}{unk}; {len(enc.train):,} train, "
         f"{len(enc.val):,} validation); {cfg.batch_size * d.world} streams x {cfg.seq_len} steps; "
         f"budget {budget}; out {opts.out}")
 
