@@ -90,7 +90,7 @@ def test_chunks_cover_every_character_once():
     ids = torch.arange(103)
     b = StreamBatches(ids, batch_size=2, seq_len=7)
     ys = torch.cat([y for _, y in b.chunks()], dim=1)
-    assert ys.shape[1] == b.segment - 1 and b.chars_per_pass == ys.numel()
+    assert ys.shape[1] == b.segment - 1 and b.tokens_per_pass == ys.numel()
     assert torch.equal(ys[0], torch.arange(1, 51)) and torch.equal(ys[1], torch.arange(52, 102))
 
 

@@ -17,7 +17,8 @@ from fastrnn.apps.sample import generate, load_model
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("sample")
-    argv = ["train", "--out", str(out), "--hidden", "32", "--embed", "16", "--batch-size", "8", "--seq-len", "32",
+    argv = ["train", "--out", str(out), "--layers", "1", "--hidden", "32", "--embed", "16", "--dropout", "0",
+            "--dtype", "fp32", "--batch-size", "8", "--seq-len", "32",
             "--steps", "60", "--val-every", "30", "--max-minutes", "0", "--lr", "1e-2", "--quiet"]
     assert main(argv) == 0
     return out / "best.pt"

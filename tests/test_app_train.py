@@ -21,9 +21,9 @@ from fastrnn.apps.data import load_text
 from fastrnn.apps.errors import CheckpointError
 from fastrnn.apps.metrics import read_log
 
-#: a tiny, fast configuration (steps-only budget, so runs are repeatable)
-TINY = ["--hidden", "48", "--embed", "16", "--batch-size", "8", "--seq-len", "32", "--max-minutes", "0",
-        "--log-every", "10", "--quiet"]
+#: a tiny, fast configuration (steps-only budget, so runs are repeatable); one fp32 layer whatever the CPU default
+TINY = ["--layers", "1", "--hidden", "48", "--embed", "16", "--dropout", "0", "--batch-size", "8", "--seq-len", "32",
+        "--dtype", "fp32", "--max-minutes", "0", "--log-every", "10", "--quiet"]
 
 
 def _train(out: Path, *extra: str) -> int:
@@ -136,7 +136,7 @@ def test_corrupt_and_truncated_checkpoints(trained, tmp_path, capsys):
         assert main(["train", "--out", str(tmp_path / "o"), "--resume", str(tmp_path / name), "--quiet"]) == 2
         assert "corrupt or truncated" in capsys.readouterr().err
     torch.save({"something": torch.zeros(2)}, tmp_path / "foreign.pt")
-    with pytest.raises(CheckpointError, match="not a fastrnn char-LM checkpoint"):
+    with pytest.raises(CheckpointError, match="not a fastrnn language-model checkpoint"):
         checkpoint.load(tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="not found"):
         checkpoint.load(tmp_path / "absent.pt")
@@ -184,9 +184,19 @@ def test_user_error_has_no_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-def test_bf16_on_cpu_is_a_user_error(tmp_path, capsys):
-    assert _train(tmp_path, "--dtype", "bf16", "--device", "cpu", "--steps", "5") == 2
-    assert "--dtype bf16 needs a CUDA device" in capsys.readouterr().err
+def test_bf16_autocast_trains_on_cpu(tmp_path, small_text):
+    """--dtype bf16 on the CPU: bf16 autocast in training and validation, fp32 weights and checkpoints."""
+    from fastrnn.apps.sample import generate, load_model
+
+    assert _train(tmp_path, "--data", str(small_text), "--batch-size", "4", "--seq-len", "16", "--steps", "40",
+                  "--val-every", "20", "--lr", "1e-2", "--warmup", "5", "--dtype", "bf16", "--device", "cpu") == 0
+    vals = _vals(tmp_path)
+    assert len(vals) == 2 and all(math.isfinite(v) for v in vals) and vals[-1] < math.log(65) - 0.5, vals
+    ckpt = checkpoint.load(tmp_path / "last.pt")
+    assert ckpt["config"]["dtype"] == "bf16"
+    assert all(t.dtype == torch.float32 for t in ckpt["model"].values())
+    model, vocab = load_model(tmp_path / "best.pt")
+    assert len(generate(model, vocab, "ROMEO:", 30, seed=1)) == 30
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path):
@@ -292,3 +302,81 @@ def test_an_interrupted_write_keeps_the_old_checkpoint(trained, tmp_path, monkey
         checkpoint.save({"config": {}, "vocab": "ab", "model": {}, "step": 1}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# ------------------------------------------------------------------------------------ accuracy and penalties
+
+
+class _Rule(torch.nn.Module):
+    """A fake model with fixed logits: after token 0 it favours 1, after 1 it favours 2, after 2 it ties 0 and 1."""
+
+    def forward(self, x, state=None):
+        table = torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [3.0, 3.0, 0.0]])  # [V, V]: row = input token
+        return table[x], state
+
+
+def test_accuracy_against_a_hand_count():
+    from fastrnn.apps.data import StreamBatches
+    from fastrnn.apps.train import evaluate
+
+    ids = torch.tensor([0, 1, 2, 0, 1, 1, 2, 1, 0, 2, 2])  # 11 tokens, one stream, chunks of 4
+    batches = StreamBatches(ids, batch_size=1, seq_len=4)
+    # input -> target, predicted (the first of tied logits wins, so after 2 the guess is 0):
+    # 0->1 ok, 1->2 ok, 2->0 ok, 0->1 ok, 1->1 no, 1->2 ok, 2->1 no, 1->0 no, 0->2 no, 2->2 no
+    loss, acc = evaluate(_Rule(), batches, torch.device("cpu"), amp=False)
+    assert acc == pytest.approx(5 / 10)
+    logits = _Rule()(ids[:-1])[0]
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, ids[1:]).item(), rel=1e-6)
+
+
+def test_activation_penalty():
+    from fastrnn.apps.model import activation_penalty
+
+    h = torch.tensor([[[1.0, -1.0], [3.0, 1.0], [3.0, 2.0]]])  # [B=1, T=3, H=2]
+    assert activation_penalty(h, 0.0, 0.0).item() == 0.0
+    assert activation_penalty(h, 2.0, 0.0).item() == pytest.approx(2.0 * (1 + 1 + 9 + 1 + 9 + 4) / 6)
+    assert activation_penalty(h, 0.0, 1.0).item() == pytest.approx((4 + 4 + 0 + 1) / 4)
+
+
+def test_version_1_checkpoint_still_loads_and_resumes(trained, tmp_path, capsys):
+    """A checkpoint from before word-level models (format version 1, no ``tokens``) is a char checkpoint."""
+    from fastrnn.apps.sample import generate, load_model
+
+    ckpt = torch.load(trained / "last.pt", weights_only=True)
+    ckpt["version"] = 1
+    del ckpt["config"]["tokens"]
+    for key in ("embed_dropout", "tie_weights", "ar", "tar"):
+        del ckpt["config"][key]
+    out = tmp_path / "old"
+    out.mkdir()
+    torch.save(ckpt, out / "last.pt")
+    model, vocab = load_model(out / "last.pt")
+    assert vocab.kind == "char" and len(generate(model, vocab, "ROMEO:", 20, seed=1)) == 20
+    assert main(["train", "--out", str(out), "--resume", "--steps", "310", "--quiet"]) == 0
+    assert checkpoint.load(out / "last.pt")["step"] == 310
+
+
+def test_accuracy_column_and_old_log_names(tmp_path, small_text):
+    out = tmp_path / "run"
+    common = ["--data", str(small_text), "--batch-size", "4", "--seq-len", "16", "--steps", "20", "--val-every", "10"]
+    assert _train(out, *common, "--stop-after", "10") == 0
+    rows = read_log(out / "log.csv")
+    assert [r["val_acc"] != "" for r in rows].count(True) == 1 and 0 < float(rows[-1]["val_acc"]) < 1
+    # a log written before the columns were renamed (chars, val_bpc, chars_per_s) keeps its values on resume
+    text = (out / "log.csv").read_text().replace("tokens_per_s", "chars_per_s").replace("val_bits", "val_bpc")
+    (out / "log.csv").write_text(text.replace("epoch,tokens,", "epoch,chars,"))
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 0
+    rows = read_log(out / "log.csv")
+    assert rows[0]["tokens"] == str(10 * 4 * 16) and rows[0]["tokens_per_s"] and rows[-1]["step"] == "20"
+    assert all(r["val_bits"] for r in rows if r["val_loss"])
+
+
+def test_cpu_default_depends_on_native_bf16(monkeypatch):
+    from fastrnn.apps import config
+
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: True)
+    assert config.defaults_for("cpu") == config.CPU_DEFAULTS and config.CPU_DEFAULTS.dtype == "bf16"
+    monkeypatch.setattr(config, "cpu_has_bf16", lambda: False)
+    fallback = config.defaults_for("cpu")
+    assert fallback == config.CPU_FP32_DEFAULTS and fallback.dtype == "fp32"
+    assert config.defaults_for("cuda") == config.GPU_DEFAULTS  # the GPU default does not ask the CPU

@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from fastrnn.apps.config import CPU_DEFAULTS, GPU_DEFAULTS, TrainConfig
+from fastrnn.apps.config import CPU_DEFAULTS, GPU_DEFAULTS, HUMAN_NUMBERS_DEFAULTS, TrainConfig
+from fastrnn.apps.data import HUMAN_NUMBERS, TOKEN_KINDS, natural_tokens
 from fastrnn.apps.errors import AppError
 from fastrnn.apps.model import BACKENDS, CELLS
 
@@ -54,21 +55,51 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _default(field: str) -> str:
-    cpu, gpu = getattr(CPU_DEFAULTS, field), getattr(GPU_DEFAULTS, field)
-    return f"(default: {cpu:g})" if cpu == gpu and not isinstance(cpu, str) else (
-        f"(default: {cpu})" if cpu == gpu else f"(default: {cpu} on CPU, {gpu} on CUDA)")
+    """The defaults of a config field as help text: per device, and for human_numbers where it differs."""
+    cpu, gpu, hn = (_fmt(getattr(c, field)) for c in (CPU_DEFAULTS, GPU_DEFAULTS, HUMAN_NUMBERS_DEFAULTS))
+    text = cpu if cpu == gpu else f"{cpu} on CPU, {gpu} on CUDA"
+    if hn != cpu or hn != gpu:
+        text += f"; {hn} for --data {HUMAN_NUMBERS}"
+    return f"(default: {text})"
+
+
+def default_out(tokens: str | None, data: str | None) -> Path:
+    """The default ``--out``: ``runs/charlm``, or ``runs/wordlm`` for word tokens (explicit or the corpus's)."""
+    return Path("runs/wordlm" if (tokens or natural_tokens(data)) == "word" else "runs/charlm")
 
 
 #: (flag, config field, argparse kwargs) of the options that feed TrainConfig; all default to None
 _TRAIN_OPTIONS: list[tuple[str, str, dict]] = [
-    ("--data", "data", dict(metavar="PATH", help="UTF-8 text file to train on (default: the bundled Tiny "
-                                                 "Shakespeare); first 90%% trains, last 10%% validates")),
+    ("--data", "data", dict(metavar="PATH", help=f"UTF-8 text file to train on, or {HUMAN_NUMBERS}: the numbers "
+                                                 "1-7,999 and 8,001-9,999 in English words, generated (fast.ai's "
+                                                 "corpus; a file of that name is ./human_numbers). Default: the "
+                                                 "bundled Tiny Shakespeare. The first 90%% of the tokens trains, "
+                                                 "the last 10%% validates (80%%/20%% for human_numbers)")),
+    ("--tokens", "tokens", dict(choices=TOKEN_KINDS, help="char: one token per character; word: whitespace-"
+                                                          "separated words, vocabulary from the training split, "
+                                                          "<unk> for unseen validation words (default: word for "
+                                                          f"--data {HUMAN_NUMBERS}, else char)")),
     ("--cell", "cell", dict(choices=CELLS, help="recurrent cell")),
     ("--layers", "layers", dict(type=_positive(int), metavar="N", help="stacked recurrent layers")),
     ("--hidden", "hidden", dict(type=_positive(int), metavar="H", help="hidden units per layer")),
-    ("--embed", "embed", dict(type=_positive(int), metavar="E", help="character embedding width")),
+    ("--embed", "embed", dict(type=_positive(int), metavar="E",
+                              help="token embedding width (with --tie-weights: --hidden unless given)")),
     ("--dropout", "dropout", dict(type=_fraction, metavar="P", help="dropout between layers and before the output")),
+    ("--embed-dropout", "embed_dropout", dict(type=_fraction, metavar="P",
+                                              help="dropout on the embeddings (the recurrent input)")),
+    ("--tie-weights", "tie_weights", dict(action=argparse.BooleanOptionalAction,
+                                          help="share the embedding matrix with the output layer (embed = hidden)")),
+    ("--ar", "ar", dict(type=_non_negative(float), metavar="ALPHA",
+                        help="activation regularisation: adds ALPHA * mean(h^2) of the last layer's output")),
+    ("--tar", "tar", dict(type=_non_negative(float), metavar="BETA",
+                          help="temporal activation regularisation: adds BETA * mean((h_t - h_t-1)^2)")),
     ("--batch-size", "batch_size", dict(type=_positive(int), metavar="B",
                                         help="contiguous streams per process (each row continues the last batch)")),
     ("--seq-len", "seq_len", dict(type=_positive(int), metavar="T", help="steps of truncated BPTT per batch")),
@@ -88,20 +119,26 @@ _TRAIN_OPTIONS: list[tuple[str, str, dict]] = [
                                       help="validate (whole validation split) and checkpoint every STEPS")),
     ("--log-every", "log_every", dict(type=_positive(int), metavar="STEPS", help="CSV log / progress interval")),
     ("--seed", "seed", dict(type=int, help="random seed (init, dropout)")),
-    ("--dtype", "dtype", dict(choices=("fp32", "bf16"), help="bf16: autocast mixed precision, CUDA only")),
+    ("--dtype", "dtype", dict(choices=("fp32", "bf16"),
+                              help="bf16: autocast mixed precision (weights stay fp32), on CUDA or the CPU; the "
+                                   "CPU default is bf16 only where the CPU has bf16 instructions (AVX512-BF16, AMX), "
+                                   "else the one-layer fp32 model")),
 ]
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a character-level language model",
-        description="Train a char-level language model: Embedding -> fastrnn LSTM/GRU/RNN -> Linear, with "
-                    "stateful truncated BPTT. With no options it picks a configuration for the device it finds "
-                    "(CPU: 1x256 LSTM, ~4 minutes). Writes last.pt, best.pt, log.csv and loss.png to --out. "
+        "train", help="train a character- or word-level language model",
+        description="Train a language model over characters or words: Embedding -> fastrnn LSTM/GRU/RNN -> "
+                    "Linear, with stateful truncated BPTT; validation reports the loss and the next-token "
+                    "accuracy. With no options it picks a configuration for the device and corpus it finds "
+                    f"(Tiny Shakespeare characters on CPU: ~4 minutes; --data {HUMAN_NUMBERS}: a word-level "
+                    "model in under 3 minutes). Writes last.pt, best.pt, log.csv and loss.png to --out. "
                     "Under torchrun it trains with DistributedDataParallel.",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/charlm"), metavar="DIR",
-                   help="output directory for checkpoints, CSV log and plot (default: runs/charlm)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="output directory for checkpoints, CSV log and plot (default: runs/charlm, or "
+                        "runs/wordlm for word tokens)")
     p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
                    help="continue a run: from DIR/last.pt, or from CKPT; unspecified options come from the "
                         "checkpoint, architecture options must match it")
@@ -120,7 +157,7 @@ def _add_train(sub) -> None:
     for flag, field, kwargs in _TRAIN_OPTIONS:
         kwargs = dict(kwargs)
         help_ = kwargs.pop("help")
-        if field != "data":
+        if field not in ("data", "tokens"):
             help_ = f"{help_} {_default(field)}"
         p.add_argument(flag, dest=field, default=None, help=help_, **kwargs)
     p.set_defaults(func=_cmd_train)
@@ -129,19 +166,21 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     p = sub.add_parser(
         "sample", help="generate text from a checkpoint",
-        description="Generate text from a trained checkpoint, streaming characters as they are produced. The "
-                    "prompt warms the recurrent state; each further character is one single-step call.",
+        description="Generate text from a trained checkpoint, streaming tokens as they are produced. The token "
+                    "kind (characters or words) comes from the checkpoint; a word prompt is split on whitespace "
+                    "and generated words are joined by spaces, a new line after each '.'. The prompt warms the "
+                    "recurrent state; each further token is one single-step call.",
     )
     p.add_argument("--checkpoint", type=Path, default=Path("runs/charlm/best.pt"), metavar="PATH",
                    help="checkpoint to load (default: runs/charlm/best.pt)")
-    p.add_argument("--prompt", default="", help="text to continue; its characters must be in the vocabulary "
-                                                "(default: start of a line)")
+    p.add_argument("--prompt", default="", help="text to continue; its characters (or words) must be in the "
+                                                "vocabulary (default: start of a line)")
     p.add_argument("--length", type=_non_negative(int), default=500, metavar="N",
-                   help="characters to generate after the prompt (default: 500)")
+                   help="characters (or words) to generate after the prompt (default: 500)")
     p.add_argument("--temperature", type=_non_negative(float), default=0.8,
                    help="softmax temperature, 0 for greedy (default: 0.8)")
     p.add_argument("--top-k", type=_non_negative(int), default=0, metavar="K",
-                   help="sample only among the K most likely characters, 0 for all (default: 0)")
+                   help="sample only among the K most likely tokens, 0 for all (default: 0)")
     p.add_argument("--seed", type=int, default=None, help="seed for repeatable samples (default: random)")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="fastrnn backend (default: auto)")
     p.add_argument("--device", default="auto",
@@ -160,7 +199,8 @@ def _add_bench(sub, with_module: bool) -> None:
 
 
 def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastrnn", description="fastrnn: fused RNN/LSTM/GRU and a char-level LM.")
+    parser = argparse.ArgumentParser(prog="fastrnn", description="fastrnn: fused RNN/LSTM/GRU and character- and "
+                                                                 "word-level language models.")
     sub = parser.add_subparsers(dest="command", metavar="{train,sample,bench}")
     sub.required = True
     _add_train(sub)
@@ -174,9 +214,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     fields = TrainConfig.__dataclass_fields__
     overrides = {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
-    if "data" in overrides:
+    if overrides.get("data") not in (None, HUMAN_NUMBERS):
         overrides["data"] = str(Path(overrides["data"]).expanduser().resolve())
-    opts = RunOptions(out=args.out, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
+    out = args.out if args.out is not None else default_out(overrides.get("tokens"), overrides.get("data"))
+    opts = RunOptions(out=out, resume=args.resume, overwrite=args.overwrite, stop_after=args.stop_after,
                       backend=args.backend, device=args.device, quiet=args.quiet, threads=args.threads)
     return run(overrides, opts)
 

@@ -1,6 +1,11 @@
-"""The char-LM network: Embedding -> recurrent module -> Linear.
+"""The language-model network: Embedding -> recurrent module -> Linear, for character or word tokens.
 
 Shapes: B batch, T time, V vocabulary, E embedding, H hidden, L layers.
+
+Regularisation: dropout on the embedding output (``embed_dropout``), between recurrent layers and before the
+output layer (``dropout``); weight tying shares the embedding matrix with the output layer (E == H). The
+activation penalties (AR, TAR) are training-loss terms on the returned hidden output, see
+:func:`activation_penalty`.
 
 The recurrent module is ``fastrnn.LSTM/GRU/RNN`` with the requested ``backend``, or for ``backend="torch"``
 torch.nn's own module. Both have the same parameter names, so a checkpoint trained with one loads into the
@@ -49,8 +54,8 @@ def make_rnn(cell: str, input_size: int, hidden: int, layers: int, dropout: floa
     return lib.RNN(input_size, hidden, nonlinearity=cell.removeprefix("rnn_"), **kwargs)
 
 
-class CharLM(nn.Module):
-    """Character language model.
+class LanguageModel(nn.Module):
+    """Next-token language model over characters or words.
 
     Args:
         vocab_size: V.
@@ -60,21 +65,48 @@ class CharLM(nn.Module):
         embed: E, embedding width.
         dropout: dropout between recurrent layers and before the output layer.
         backend: ``auto | triton | reference`` (fastrnn) or ``torch`` (torch.nn's module).
+        embed_dropout: dropout on the embedding output (the recurrent module's input).
+        tie_weights: share the embedding matrix with the output layer's weight (needs E == H).
     """
 
     def __init__(self, vocab_size: int, cell: str = "lstm", hidden: int = 256, layers: int = 1, embed: int = 64,
-                 dropout: float = 0.0, backend: str = "auto") -> None:
+                 dropout: float = 0.0, backend: str = "auto", embed_dropout: float = 0.0,
+                 tie_weights: bool = False) -> None:
         super().__init__()
+        if tie_weights and embed != hidden:
+            raise AppError(f"--tie-weights needs --embed equal to --hidden (got embed {embed}, hidden {hidden})")
         self.cell = cell
         self.embed = nn.Embedding(vocab_size, embed)
+        self.embed_drop = nn.Dropout(embed_dropout)
         self.rnn = make_rnn(cell, embed, hidden, layers, dropout, backend)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab_size)
+        if tie_weights:
+            self.head.weight = self.embed.weight  # [V, H] both
 
-    def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """Logits [B, T, V] for int64 ids ``x`` [B, T], and the final state (zeros when ``state`` is None)."""
-        out, state = self.rnn(self.embed(x), state)  # out [B, T, H]
-        return self.head(self.drop(out)), state
+    def forward(self, x: Tensor, state: State | None = None,
+                return_hidden: bool = False) -> tuple[Tensor, State] | tuple[Tensor, State, Tensor]:
+        """Logits [B, T, V] for int64 ids ``x`` [B, T], and the final state (zeros when ``state`` is None).
+
+        With ``return_hidden`` also the last layer's output [B, T, H] before dropout (for the AR/TAR penalty).
+        """
+        out, state = self.rnn(self.embed_drop(self.embed(x)), state)  # out [B, T, H]
+        logits = self.head(self.drop(out))
+        return (logits, state, out) if return_hidden else (logits, state)
+
+
+def activation_penalty(hidden: Tensor, ar: float, tar: float) -> Tensor:
+    """AR + TAR: ``ar * mean(h^2) + tar * mean((h_t - h_(t-1))^2)`` over the hidden output [B, T, H].
+
+    Activation regularisation keeps the outputs small; temporal activation regularisation keeps them from
+    jumping between steps (Merity et al., "Regularizing and Optimizing LSTM Language Models").
+    """
+    penalty = hidden.new_zeros(())
+    if ar > 0:
+        penalty = penalty + ar * hidden.float().pow(2).mean()
+    if tar > 0 and hidden.shape[1] > 1:
+        penalty = penalty + tar * (hidden[:, 1:] - hidden[:, :-1]).float().pow(2).mean()
+    return penalty
 
 
 def detach_state(state: State | None) -> State | None:

@@ -1,10 +1,13 @@
-"""Stateful truncated-BPTT training of the char-LM, single process or DistributedDataParallel.
+"""Stateful truncated-BPTT training of the language model (characters or words), single process or DDP.
 
 Shapes: B streams per process, T steps per batch, W processes, V vocabulary.
 
 - Batches: see :mod:`fastrnn.apps.data`; each process owns B of the B * W streams. The recurrent state is
   carried from batch to batch (detached), and reset when the streams wrap around to their start.
-- Optimiser: AdamW (decay on matrices only), gradient-norm clipping, linear warm-up then cosine decay.
+- Optimiser: AdamW (decay on matrices only), gradient-norm clipping, linear warm-up then cosine decay. The
+  loss is the cross-entropy, plus the AR/TAR activation penalties when they are on.
+- Validation: the whole validation split, state carried through each stream; the mean loss and the
+  next-token accuracy (argmax == target) come from the same pass.
 - Schedule and budget: progress p = max(step / --steps, training seconds / --max-minutes). The cosine runs on
   p, and training stops when p reaches 1, so the learning rate anneals fully whichever budget binds first,
   even if the machine slows down mid-run (a step estimate taken early would not survive that). With
@@ -37,10 +40,10 @@ from torch import Tensor
 
 from fastrnn.apps import checkpoint
 from fastrnn.apps.config import LOCKED, TrainConfig, defaults_for, option_name
-from fastrnn.apps.data import StreamBatches, Vocab, load_text, split, val_streams
+from fastrnn.apps.data import StreamBatches, Vocab, encode_corpus, load_corpus, val_streams
 from fastrnn.apps.errors import AppError, ConfigMismatchError
 from fastrnn.apps.metrics import CsvLog, bits, plot_losses
-from fastrnn.apps.model import CharLM, State, check_backend_device, detach_state, state_to
+from fastrnn.apps.model import LanguageModel, State, activation_penalty, check_backend_device, detach_state, state_to
 from fastrnn.apps.threads import ThreadTuner
 
 #: steps between agreements on the clock and on Ctrl-C across processes (DDP only)
@@ -54,7 +57,7 @@ EXIT_INTERRUPTED = 130
 class RunOptions:
     """Settings of one invocation that do not change what a run computes."""
 
-    out: Path = Path("runs/charlm")
+    out: Path = Path("runs/charlm")  # the CLI picks runs/charlm or runs/wordlm (default_out)
     resume: str | None = None  # a checkpoint path, or "last" for <out>/last.pt
     overwrite: bool = False
     stop_after: int | None = None  # steps in this invocation; the schedule still runs over the whole budget
@@ -93,26 +96,42 @@ def pick_device(name: str | None, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def _shown(key: str, value) -> str:
+    """An option as the user would type it: ``--hidden 64``, ``--tie-weights`` / ``--no-tie-weights``."""
+    if isinstance(value, bool):
+        return option_name(key) if value else "--no-" + option_name(key)[2:]
+    return f"{option_name(key)} {value}"
+
+
 def resolve_config(overrides: dict, device: torch.device, ckpt: dict | None) -> TrainConfig:
-    """Fill in the configuration: explicit options, else the resumed checkpoint's, else the device default.
+    """Fill in the configuration: explicit options, else the resumed checkpoint's, else the default for the
+    device, corpus and token kind (:func:`fastrnn.apps.config.defaults_for`).
 
     Raises:
         ConfigMismatchError: an explicit option changes a setting a resumed run must keep (:data:`LOCKED`).
+        AppError: options that contradict each other.
     """
     if ckpt is None:
-        cfg = defaults_for(device.type)
+        cfg = defaults_for(device.type, overrides.get("data"), overrides.get("tokens"))
     else:
         cfg = TrainConfig.from_dict(ckpt["config"])
         for key in LOCKED:
             if key in overrides and overrides[key] != getattr(cfg, key):
+                had = getattr(cfg, key)
                 raise ConfigMismatchError(
-                    f"cannot resume: {option_name(key)} {overrides[key]} differs from the checkpoint's "
-                    f"{getattr(cfg, key)} (architecture and stream layout must match)"
+                    f"cannot resume: {_shown(key, overrides[key])} differs from the checkpoint's "
+                    f"{('on' if had else 'off') if isinstance(had, bool) else had} "
+                    f"(tokens, architecture and stream layout must match)"
                 )
     for key, value in overrides.items():
         setattr(cfg, key, value)
-    if cfg.dtype == "bf16" and device.type != "cuda":
-        raise AppError(f"--dtype bf16 needs a CUDA device (training on {device.type}); use --dtype fp32")
+    if ckpt is None and cfg.tie_weights and "embed" not in overrides:
+        cfg.embed = cfg.hidden  # a tied embedding is as wide as the hidden layer
+    if cfg.tie_weights and cfg.embed != cfg.hidden:
+        raise AppError(f"--tie-weights needs --embed equal to --hidden (got --embed {cfg.embed}, "
+                       f"--hidden {cfg.hidden}); drop --embed, or pass --no-tie-weights")
+    if cfg.dtype == "bf16" and device.type not in ("cuda", "cpu"):
+        raise AppError(f"--dtype bf16 needs a CUDA device or the CPU (training on {device.type}); use --dtype fp32")
     if cfg.min_lr > cfg.lr:
         if "min_lr" in overrides:
             raise AppError(f"--min-lr {cfg.min_lr:g} is larger than --lr {cfg.lr:g}")
@@ -177,22 +196,50 @@ def _unpack_state(items: list[Tensor], device: torch.device) -> State | None:
 
 
 @torch.no_grad()
-def evaluate(model: CharLM, batches: StreamBatches, device: torch.device, amp: bool, d: Dist) -> float:
-    """Mean validation loss (nats/char) over the whole split, state carried through each stream."""
+def evaluate(model: LanguageModel, batches: StreamBatches, device: torch.device, amp: bool,
+             d: Dist | None = None) -> tuple[float, float]:
+    """Mean validation loss (nats/token) and next-token accuracy over the whole split, in one pass.
+
+    The state is carried through each stream. Accuracy counts the positions whose most likely token
+    (argmax of the logits; the first on ties) is the target.
+    """
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
+    hits = torch.zeros((), dtype=torch.float64, device=device)
     state = None
     for x, y in batches.chunks():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits, state = model(x, state)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum")
+        logits = logits.float().flatten(0, 1)  # [B*T, V]
+        total += F.cross_entropy(logits, y.flatten(), reduction="sum")
+        hits += (logits.argmax(-1) == y.flatten()).sum()
     model.train()
-    count = torch.tensor(float(batches.chars_per_pass), dtype=torch.float64, device=device)
-    if d.world > 1:
-        both = torch.stack([total, count])
-        dist.all_reduce(both)
-        total, count = both[0], both[1]
-    return (total / count).item()
+    count = torch.tensor(float(batches.tokens_per_pass), dtype=torch.float64, device=device)
+    sums = torch.stack([total, hits, count])
+    if d is not None and d.world > 1:
+        dist.all_reduce(sums)
+    total, hits, count = sums.tolist()
+    return total / count, hits / count
+
+
+def _check_vocab(vocab: Vocab, old: Vocab) -> None:
+    """Raise a one-line :class:`ConfigMismatchError` if the data's vocabulary is not the checkpoint's."""
+    if vocab == old:
+        return
+    unit = old.unit
+    if vocab.kind != old.kind:  # the token kind is locked already; kept for checkpoints edited by hand
+        raise ConfigMismatchError(f"cannot resume: the checkpoint has a {unit} vocabulary, the run a {vocab.unit} one")
+    new, gone = [t for t in vocab.tokens if t not in old.index], [t for t in old.tokens if t not in vocab.index]
+    if unit == "character":
+        shown = f"new: {''.join(new)[:20]!r}, missing: {''.join(gone)[:20]!r}"
+    else:
+        shown = f"new: {' '.join(new[:8])[:60]!r}, missing: {' '.join(gone[:8])[:60]!r}"
+    if not new and not gone:
+        shown = "same tokens in another order"
+    raise ConfigMismatchError(
+        f"cannot resume: the data's vocabulary ({len(vocab)} {unit}s) differs from the checkpoint's "
+        f"({len(old)}); {shown}"
+    )
 
 
 def _check_out_dir(opts: RunOptions) -> None:
@@ -205,7 +252,7 @@ def _check_out_dir(opts: RunOptions) -> None:
 
 
 def run(overrides: dict, opts: RunOptions) -> int:
-    """Train (or resume) a char-LM; returns the process exit status. Sets up and tears down DDP if launched so."""
+    """Train (or resume) a language model; returns the exit status. Sets up and tears down DDP if launched so."""
     d = Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
              int(os.environ.get("LOCAL_RANK", 0)))
     device = pick_device(opts.device, d.local_rank)
@@ -238,26 +285,23 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
     cfg = resolve_config(overrides, device, ckpt)
     check_backend_device(opts.backend, device)
 
-    text = load_text(cfg.data)
-    vocab = Vocab.from_text(text)
-    if ckpt is not None and vocab.chars != ckpt["vocab"]:
-        old = Vocab(ckpt["vocab"])
-        extra, gone = old.missing(vocab.chars), vocab.missing(old.chars)
-        raise ConfigMismatchError(
-            f"cannot resume: the data's vocabulary ({len(vocab)} characters) differs from the checkpoint's "
-            f"({len(old)}); new: {''.join(extra)[:20]!r}, missing: {''.join(gone)[:20]!r}"
-        )
-    fingerprint = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    corpus = load_corpus(cfg.data)
+    enc = encode_corpus(corpus, cfg.tokens)
+    vocab = enc.vocab
+    if ckpt is not None:
+        _check_vocab(vocab, checkpoint.vocab_of(ckpt))
+    fingerprint = hashlib.sha256(corpus.text.encode("utf-8")).hexdigest()
     if ckpt is not None and ckpt.get("data_sha256") not in (None, fingerprint):
         say("warning: the data differs from the text the checkpoint was trained on (same vocabulary)")
-    ids = vocab.encode(text, "data")
-    train_ids, val_ids = split(ids)
-    train_b = StreamBatches(train_ids.to(device), cfg.batch_size, cfg.seq_len, d.rank, d.world, "train")
-    val_b = StreamBatches(val_ids.to(device), val_streams(len(val_ids), cfg.batch_size, cfg.seq_len, d.world),
-                          cfg.seq_len, d.rank, d.world, "validation")
+    unit = vocab.kind  # "char" or "word", for messages
+    units = vocab.unit + "s"
+    train_b = StreamBatches(enc.train.to(device), cfg.batch_size, cfg.seq_len, d.rank, d.world, "train", units)
+    val_b = StreamBatches(enc.val.to(device), val_streams(len(enc.val), cfg.batch_size, cfg.seq_len, d.world),
+                          cfg.seq_len, d.rank, d.world, "validation", units)
 
     torch.manual_seed(cfg.seed)
-    model = CharLM(len(vocab), cfg.cell, cfg.hidden, cfg.layers, cfg.embed, cfg.dropout, opts.backend).to(device)
+    model = LanguageModel(len(vocab), cfg.cell, cfg.hidden, cfg.layers, cfg.embed, cfg.dropout, opts.backend,
+                          cfg.embed_dropout, cfg.tie_weights).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -298,8 +342,11 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
     say(f"{'resuming at step ' + str(step) if ckpt else 'training'}: {cfg.cell} {cfg.layers}x{cfg.hidden} "
         f"(embed {cfg.embed}, {n_params:,} parameters) on {device}"
         f"{f' x {d.world} processes' if d.world > 1 else ''}, {cfg.dtype}, backend {opts.backend}")
-    say(f"data: {cfg.data or 'bundled Tiny Shakespeare'} ({len(text):,} chars, vocabulary {len(vocab)}); "
-        f"{cfg.batch_size * d.world} streams x {cfg.seq_len} steps; budget {budget}; out {opts.out}")
+    n_tokens = len(enc.train) + len(enc.val)
+    unk = f", {enc.unknown_val:,} validation words unseen in training -> <unk>" if enc.unknown_val else ""
+    say(f"data: {corpus.name} ({n_tokens:,} {unit}s, vocabulary {len(vocab):,}{unk}; {len(enc.train):,} train, "
+        f"{len(enc.val):,} validation); {cfg.batch_size * d.world} streams x {cfg.seq_len} steps; "
+        f"budget {budget}; out {opts.out}")
 
     def save(kind: str) -> None:
         mine = {"state": _pack_state(state), "rng": torch.get_rng_state()}
@@ -310,7 +357,7 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
             streams = [None] * d.world
             dist.all_gather_object(streams, mine)
         if d.main:
-            payload = {"config": cfg.to_dict(), "vocab": vocab.chars, "model": model.state_dict(),
+            payload = {"config": cfg.to_dict(), "vocab": vocab.stored(), "model": model.state_dict(),
                        "optimizer": opt.state_dict(), "step": step, "elapsed": elapsed, "best_val": best,
                        "world_size": d.world, "streams": streams, "data_sha256": fingerprint, "kind": kind}
             checkpoint.save(payload, opts.out / "last.pt")
@@ -324,25 +371,27 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
                file=sys.stderr, mininterval=0.5)
     start_step, t0 = step, time.perf_counter()
     elapsed0, synced = elapsed, elapsed
-    chars_per_step = cfg.batch_size * cfg.seq_len * d.world
+    tokens_per_step = cfg.batch_size * cfg.seq_len * d.world
     loss_sum = torch.zeros((), device=device)
-    n_loss, t_log, gnorm, val, last_val_step = 0, t0, float("nan"), None, None
+    n_loss, t_log, gnorm, val, acc, last_val_step = 0, t0, float("nan"), None, None, None
     reason = "done"
-    post = {"loss": "-", "val": "-", "lr": "-", "chars/s": "-"}  # progress-bar fields
+    speed_key = f"{unit}s/s"
+    post = {"loss": "-", "val": "-", "acc": "-", "lr": "-", speed_key: "-"}  # progress-bar fields
+    penalised = cfg.ar > 0 or cfg.tar > 0
 
     def validate() -> None:
-        nonlocal val, best, last_val_step
-        val = evaluate(model, val_b, device, amp, d)
+        nonlocal val, acc, best, last_val_step
+        val, acc = evaluate(model, val_b, device, amp, d)
         last_val_step = step
         improved = best is None or val < best
         best = val if improved else best
         save("best" if improved else "last")
         if d.main:
-            log.write(step=step, epoch=step / train_b.steps_per_epoch, chars=step * chars_per_step,
-                      elapsed_s=elapsed, lr=lr, val_loss=val, val_bpc=bits(val))
-            post["val"] = f"{val:.3f}"
+            log.write(step=step, epoch=step / train_b.steps_per_epoch, tokens=step * tokens_per_step,
+                      elapsed_s=elapsed, lr=lr, val_loss=val, val_bits=bits(val), val_acc=acc)
+            post.update(val=f"{val:.3f}", acc=f"{acc:.3f}")
             bar.set_postfix(post, refresh=False)
-            bar.write(f"step {step:>6}  val {val:.4f} nats/char  {bits(val):.4f} bits/char"
+            bar.write(f"step {step:>6}  val {val:.4f} nats/{unit}  {bits(val):.4f} bits/{unit}  acc {acc:.4f}"
                       f"{'  (best)' if improved else ''}  [{elapsed / 60:.1f} min]", file=sys.stdout)
             sys.stdout.flush()
 
@@ -380,10 +429,13 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
             for group in opt.param_groups:
                 group["lr"] = lr
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, state = net(x, state)
+                if penalised:
+                    logits, state, hidden = net(x, state, return_hidden=True)
+                else:
+                    logits, state = net(x, state)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss + activation_penalty(hidden, cfg.ar, cfg.tar) if penalised else loss).backward()
             if cfg.clip > 0:
                 gn = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
@@ -402,15 +454,15 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
                     dist.all_reduce(mean)
                     mean /= d.world
                 now = time.perf_counter()
-                speed = n_loss * chars_per_step / (now - t_log)
+                speed = n_loss * tokens_per_step / (now - t_log)
                 gnorm = gn.item() if cfg.clip > 0 else float("nan")
                 train_loss = mean.item()
                 if d.main:
                     elapsed = elapsed0 + now - t0
-                    log.write(step=step, epoch=step / train_b.steps_per_epoch, chars=step * chars_per_step,
-                              elapsed_s=elapsed, lr=lr, train_loss=train_loss, chars_per_s=speed, grad_norm=gnorm,
+                    log.write(step=step, epoch=step / train_b.steps_per_epoch, tokens=step * tokens_per_step,
+                              elapsed_s=elapsed, lr=lr, train_loss=train_loss, tokens_per_s=speed, grad_norm=gnorm,
                               threads=torch.get_num_threads() if device.type == "cpu" else None)
-                    post.update(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{"chars/s": f"{speed / 1e3:.0f}k"})
+                    post.update(loss=f"{train_loss:.3f}", lr=f"{lr:.1e}", **{speed_key: f"{speed / 1e3:.0f}k"})
                     bar.set_postfix(post, refresh=False)
                 loss_sum.zero_()
                 n_loss, t_log = 0, now
@@ -418,7 +470,7 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
                 t_val = time.perf_counter()
                 elapsed = elapsed0 + t_val - t0
                 validate()
-                t_log += time.perf_counter() - t_val  # chars/s counts training time only
+                t_log += time.perf_counter() - t_val  # tokens/s counts training time only
 
         elapsed = elapsed0 + time.perf_counter() - t0
         if last_val_step != step and (step > start_step or best is None):
@@ -428,7 +480,7 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
     bar.close()
     if d.main:
         log.close()
-        plot_losses(opts.out / "log.csv", opts.out / "loss.png")
+        plot_losses(opts.out / "log.csv", opts.out / "loss.png", unit)
         cont = f"fastrnn train --out {opts.out} --resume"
         if reason == "interrupted":
             print(f"interrupted at step {step}; resumable checkpoint saved to {opts.out / 'last.pt'} "
@@ -437,7 +489,7 @@ def _train_loop(overrides: dict, opts: RunOptions, d: Dist, device: torch.device
             print(f"paused at step {step} (--stop-after); continue with: {cont}")
         if val is not None:
             print(f"{'finished' if reason == 'done' else 'stopped'} at step {step} after {elapsed / 60:.2f} min: "
-                  f"val {val:.4f} nats/char ({bits(val):.4f} bits/char), best {best:.4f}; "
+                  f"val {val:.4f} nats/{unit} ({bits(val):.4f} bits/{unit}) acc {acc:.4f}, best {best:.4f}; "
                   f"checkpoints {opts.out / 'best.pt'} and last.pt, log log.csv, plot loss.png")
         elif reason == "done":
             print(f"nothing to do: the checkpoint at step {step} already used its budget "
