@@ -9,9 +9,10 @@ second-order gradients work. ``launch_counts`` counts kernel launches per kernel
 the Triton path ran). Which kernels run (tiled or persistent) is decided in :mod:`fastrnn.ops.strategy`:
 ``use_strategy(...)``, else ``$FASTRNN_STRATEGY``.
 
-Precision: state and accumulation in fp32. fp32 inputs run their matmuls with fp32 operands and exact
-("ieee") products, so results track the fp64 reference to ~1e-5; fp16/bf16 inputs read the recurrent matmul
-operands in their own dtype (tensor cores) with fp32 accumulation. Weights of another dtype than gx
+Precision: state and accumulation in fp32. fp16/bf16 inputs read the recurrent matmul operands in their own
+dtype (tensor cores) with fp32 accumulation; fp32 inputs follow ``torch.backends.cudnn.allow_tf32`` as cuDNN's
+RNNs do: TF32 tensor cores when it is set (torch's default), exact fp32 products otherwise, which track the
+fp64 reference to ~1e-5 (:func:`fastrnn.ops.strategy.precision`). Weights of another dtype than gx
 (autocast) are cast to that matmul dtype; gradients come back in each input's own dtype.
 """
 
