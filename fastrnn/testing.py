@@ -1,14 +1,19 @@
-"""Testing aids: Triton's interpreter with a launch's programs running concurrently.
+"""Testing aids: Triton's interpreter with a launch's programs running side by side.
 
 Triton's interpreter (``TRITON_INTERPRET=1``) runs the programs of a launch one after another, so a program
 that waits for another one (the persistent kernels' flags, a grid barrier) spins forever. Inside
 :func:`concurrent_interpreter` every launch runs each of its programs in a thread of its own, with a per-thread
-program id, so such kernels run on the CPU as they would on a GPU whose programs are all resident, and
-``fastrnn.ops`` plans persistent grids of up to ``$FASTRNN_PERSISTENT_PROGRAMS`` (default
-:data:`DEFAULT_PROGRAMS`) programs. Threads switch every :data:`SWITCH_INTERVAL` seconds (Python's default,
-5 ms, would let a spinning program hold the interpreter for long stretches); ``stagger`` delays program i by
-i * stagger seconds, so a program that fails to wait reads its inputs before they are written (a broken
-barrier fails the tests instead of passing by luck).
+program id, and ``fastrnn.ops`` plans persistent grids of up to ``$FASTRNN_PERSISTENT_PROGRAMS`` (default
+:data:`DEFAULT_PROGRAMS`) programs.
+
+The programs take turns on a deterministic schedule, *run until blocked*: one program runs at a time, from
+program 0, and it hands the interpreter to the next live program (in program order) only when it spins, that
+is when it repeats an atomic operation (same operation, addresses, operands) and gets the same result as the
+last time (a spin-wait on a flag nobody has raised since). So every program runs as far ahead as its waits
+let it: a program that skips a wait reads a state its producer has not written yet, on every run, whatever
+the machine's load (a timing-based interleaving can hide it). When every live program spins with nobody
+making progress, the launch raises :class:`Deadlock` at once; ``timeout`` bounds a launch whose programs spin
+without atomics.
 
 Usage::
 
@@ -21,17 +26,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import inspect
-import sys
 import threading
 import time
 from collections.abc import Iterator
 
 #: Programs of a persistent grid inside concurrent_interpreter() when $FASTRNN_PERSISTENT_PROGRAMS is unset.
 DEFAULT_PROGRAMS = 4
-#: The interpreter's thread switch interval inside concurrent_interpreter(), in seconds.
-SWITCH_INTERVAL = 1e-5
+#: Seconds between the checks of a program thread that waits for its turn (it must run Python now and then for
+#: an interrupt to reach it).
+POLL_INTERVAL = 0.05
 
-_active: list[float] = []  # stagger of each active concurrent_interpreter(), innermost last
+_active: list[float] = []  # timeout of each active concurrent_interpreter(), innermost last
+_program = threading.local()  # in a program's thread: .schedule and .rank
+
+
+class Deadlock(RuntimeError):
+    """Every live program of a launch spins on an atomic whose result nobody changes."""
 
 
 def concurrent() -> bool:
@@ -59,15 +69,79 @@ class _Interrupted(Exception):
 
 
 def _interrupt(thread: threading.Thread) -> None:
-    """Raise _Interrupted in ``thread`` at its next Python instruction (an interpreted kernel spinning on a flag
-    executes Python all the time)."""
+    """Raise _Interrupted in ``thread`` at its next Python instruction."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(_Interrupted))
+
+
+class _Schedule:
+    """Run-until-blocked turns of one launch's programs (see the module docstring)."""
+
+    def __init__(self, n: int) -> None:
+        self.cond = threading.Condition()
+        self.live = list(range(n))  # unfinished programs, in program order
+        self.turn = 0
+        self.idle = 0  # hand-overs since the last progress (a new atomic result or a finished program)
+        self.last: dict[int, tuple] = {}  # each program's last atomic: operation, operands, result
+        self.deadlocked = False
+
+    def wait_turn(self, rank: int) -> None:
+        with self.cond:
+            while self.turn != rank and not self.deadlocked:
+                self.cond.wait(POLL_INTERVAL)
+            if self.deadlocked:
+                raise Deadlock("every program waits for a flag nobody raises")
+
+    def _next(self, rank: int) -> int:
+        """The live program after ``rank`` (itself if alone); the caller holds the condition."""
+        later = [r for r in self.live if r > rank]
+        return later[0] if later else self.live[0]
+
+    def atomic(self, rank: int, key: tuple) -> None:
+        """After ``rank`` ran an atomic: hand over the interpreter if it repeated its last one with no effect."""
+        if self.last.get(rank) != key:
+            self.last[rank] = key
+            self.idle = 0
+            return
+        with self.cond:
+            self.idle += 1
+            # every live program has had a turn since the last progress and spun in it: nobody can progress
+            if self.idle > 2 * len(self.live):
+                self.deadlocked = True
+                self.cond.notify_all()
+            else:
+                self.turn = self._next(rank)
+                self.cond.notify_all()
+        self.wait_turn(rank)
+
+    def finish(self, rank: int) -> None:
+        with self.cond:
+            nxt = self._next(rank)
+            self.live.remove(rank)
+            self.idle = 0
+            if self.live:
+                self.turn = nxt if nxt != rank else self.live[0]
+            self.cond.notify_all()
+
+
+def _atomic_hook(original):
+    """Wrap an InterpreterBuilder atomic so that the program's schedule sees each call and its result."""
+
+    def run(self, *args):
+        result = original(self, *args)
+        schedule = getattr(_program, "schedule", None)
+        if schedule is not None:
+            operands = tuple(a.data.tobytes() if hasattr(a, "data") else a for a in args)
+            schedule.atomic(_program.rank, (original.__name__, operands, result.data.tobytes()))
+        return result
+
+    run.__name__ = original.__name__
+    return run
 
 
 class _ConcurrentGrid:
     """Stands in for a GridExecutor's kernel function: the grid loop's calls are collected, and the last one runs
-    them all, each program in its own thread, before the executor copies the results back. It shows the
-    executor the kernel's signature and globals, which is all the executor reads of it."""
+    them all, each program in its own thread on a :class:`_Schedule`, before the executor copies the results
+    back. It shows the executor the kernel's signature and globals, which is all the executor reads of it."""
 
     def __init__(self, fn, interpreter, timeout: float) -> None:
         self.fn = fn
@@ -85,15 +159,18 @@ class _ConcurrentGrid:
             return
         programs, errors = list(self.pending), []
         self.pending.clear()
-        stagger = _active[-1]
+        schedule = _Schedule(len(programs))
 
         def program(rank: int, program_idx, program_args) -> None:
-            time.sleep(rank * stagger)
-            self.builder.grid_idx = program_idx
+            _program.schedule, _program.rank = schedule, rank
             try:
+                schedule.wait_turn(rank)
+                self.builder.grid_idx = program_idx
                 self.fn(**program_args)
             except BaseException as e:  # noqa: BLE001 - re-raised in the launching thread
                 errors.append(e)
+            finally:
+                schedule.finish(rank)
 
         threads = [threading.Thread(target=program, args=(r, i, a), daemon=True) for r, (i, a) in enumerate(programs)]
         for thread in threads:
@@ -109,24 +186,27 @@ class _ConcurrentGrid:
         self.builder.grid_idx = idx
         if stuck:
             raise TimeoutError(
-                f"{self.fn.__name__}: programs {stuck} of {len(threads)} still running after {self.timeout:g} s "
-                "(waiting for a flag nobody raised?)"
+                f"{self.fn.__name__}: programs {stuck} of {len(threads)} still running after {self.timeout:g} s"
             )
+        if schedule.deadlocked:
+            raise Deadlock(f"{self.fn.__name__}: all {len(threads)} programs wait for a flag nobody raises")
         if errors:
             raise errors[0]
 
 
 @contextlib.contextmanager
-def concurrent_interpreter(stagger: float = 0.0, timeout: float = 600.0) -> Iterator[None]:
-    """Run every interpreted launch's programs concurrently, one thread per program (see the module docstring).
+def concurrent_interpreter(timeout: float = 600.0) -> Iterator[None]:
+    """Run every interpreted launch's programs side by side, one thread per program, on the run-until-blocked
+    schedule of the module docstring.
 
     Args:
-        stagger: seconds by which each program's start trails the previous one's.
         timeout: seconds a launch may take; programs still running then are interrupted and the launch raises
-            TimeoutError (a program waiting for a flag that is never raised would otherwise spin forever).
+            TimeoutError.
 
     Raises:
         RuntimeError: if Triton's interpreter is not active (``TRITON_INTERPRET=1`` before triton is imported).
+        Deadlock: (from a launch inside the block, wrapped in Triton's InterpreterError) when all of its programs
+            wait for flags nobody raises.
     """
     from fastrnn.backend import interpreting
 
@@ -138,21 +218,25 @@ def concurrent_interpreter(stagger: float = 0.0, timeout: float = 600.0) -> Iter
     executor_cls = tri.GridExecutor
     original_init = executor_cls.__init__
     original_descriptor = builder_cls.__dict__.get("grid_idx")
+    # an inner block keeps the outer block's hooks (wrapping them again would count every atomic twice)
+    names = () if _active else ("create_atomic_rmw", "create_atomic_cas")
+    atomics = {name: getattr(builder_cls, name) for name in names}
     descriptor = _ThreadGridIdx()
 
     def init(self, fn, *args, **kwargs):
         original_init(self, fn, *args, **kwargs)
         self.fn = _ConcurrentGrid(fn, tri, timeout)
 
-    switch = sys.getswitchinterval()
-    _active.append(stagger)
+    _active.append(timeout)
     builder_cls.grid_idx = descriptor
     executor_cls.__init__ = init
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    for name, original in atomics.items():
+        setattr(builder_cls, name, _atomic_hook(original))
     try:
         yield
     finally:
-        sys.setswitchinterval(switch)
+        for name, original in atomics.items():
+            setattr(builder_cls, name, original)
         executor_cls.__init__ = original_init
         if original_descriptor is None:
             del builder_cls.grid_idx

@@ -8,6 +8,7 @@ the outputs, the final states and the gradients of gx, h0, c0, w_hh, b_hh and w_
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from helpers import REL_TOL, assert_close, rel_error
@@ -79,11 +80,13 @@ def check_recurrence(
     bias: bool = True,
     backward: bool = True,
     scale: float = 1.0,
+    before_backward: Callable[[], None] | None = None,
 ) -> None:
     """Compare fastrnn.ops.recurrence with the fp64 reference on one random problem (see module docstring).
 
     Every quantity is compared under the tolerance of gx's dtype (the precision the recurrence runs at, also
-    for fp32 states and weights beside fp16 gx) times ``scale``.
+    for fp32 states and weights beside fp16 gx) times ``scale``. ``before_backward`` runs after the forward
+    has been checked (e.g. to break only the backward kernels).
     """
     inputs = make_inputs(mode, T, B, H, proj, dtype, w_dtype, state_dtype, bias)
     ref_inputs = {n: None if x is None else x.detach().cpu().double().requires_grad_() for n, x in inputs.items()}
@@ -101,6 +104,8 @@ def check_recurrence(
     ups = [None if o is None else torch.randn(o.shape, dtype=torch.float64).to(o.dtype) for o in out]
     loss = sum((o.double() * u.to(o.device).double()).sum() for o, u in zip(out, ups, strict=True) if o is not None)
     ref_loss = sum((r * u.double()).sum() for r, u in zip(ref, ups, strict=True) if r is not None)
+    if before_backward is not None:
+        before_backward()
     loss.backward()
     ref_loss.backward()
     for name, x in inputs.items():

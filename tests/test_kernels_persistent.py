@@ -4,13 +4,15 @@ strategy layer that plans them.
 On CPU the persistent grids run inside :func:`fastrnn.testing.concurrent_interpreter`, which runs a launch's
 programs as threads, so the per-program flags that order the steps work as on a GPU: every cell, forward and
 backward, lengths, reverse, proj_size, fp16/bf16, hidden splits with one tile per program (resident weights)
-and with several (streamed), batch groups and batch tiles per program, 2 to 8 programs. Programs start
-staggered, so a program that does not wait reads what was not yet written: the tests fail with a broken wait
-(checked below), and a flag that is never raised times out. The gpu-marked tests run real grids at realistic
-sizes.
+and with several (streamed), batch groups and batch tiles per program, 2 to 8 programs. The programs take
+turns, each running as far ahead as its waits let it, so a program that does not wait reads what was not yet
+written: the tests fail with a broken wait (checked below, forward and backward, every time), and a flag that is
+never raised is a deadlock. The gpu-marked tests run real grids at realistic sizes.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -24,8 +26,6 @@ from fastrnn import ops, reference, testing
 from fastrnn.ops import _launch, strategy
 
 MODES = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
-#: seconds between the starts of consecutive programs: longer than a step takes in the interpreter
-STAGGER = 0.02
 
 needs_interpreter = pytest.mark.skipif(not _launch.interpreting(), reason="runs Triton's interpreter")
 
@@ -44,7 +44,7 @@ def programs(monkeypatch):
 
     with ops.use_strategy("persistent"):
         if _launch.interpreting():
-            with testing.concurrent_interpreter(stagger=STAGGER, timeout=300):
+            with testing.concurrent_interpreter(timeout=300):
                 yield use
         else:
             yield use
@@ -132,26 +132,56 @@ def _publish_nothing(flag, value, PERSISTENT: tl.constexpr):
     tl.debug_barrier()
 
 
-@needs_interpreter
-def test_a_missing_wait_fails(programs, monkeypatch):
-    """With the wait gone (no tile waits for the other programs' flags) the staggered programs read states nobody
-    wrote yet (NaN-poisoned, or stale), and the comparison with the reference fails."""
-    programs(3)
-    check_recurrence("lstm", 6, 3, 40, backward=False)  # first with the wait: the interpreter's set-up is done
+def _no_waits(monkeypatch):
     monkeypatch.setattr(common_kernels, "wait_for", _wait_for_nothing)
-    with pytest.raises(AssertionError, match="max abs err|non-finite"):
-        check_recurrence("lstm", 6, 3, 40, backward=False)
 
 
 @needs_interpreter
-def test_a_flag_never_raised_times_out(monkeypatch):
-    """With the flags never raised every program waits forever: the concurrent interpreter stops them."""
+@pytest.mark.parametrize(("mode", "proj", "n"), [("lstm", 0, 3), ("gru", 0, 2), ("rnn_tanh", 0, 4), ("lstm", 9, 4)])
+@pytest.mark.parametrize("broken", ["forward", "backward"])
+def test_a_missing_wait_fails(programs, monkeypatch, mode, proj, n, broken):
+    """With the waits gone (no tile waits for the other programs' flags), program 0 runs every step before the
+    others start and reads states nobody wrote yet: the comparison with the reference fails, every time (the
+    schedule is deterministic). Breaking only the backward's waits fails its gradients."""
+    programs(n)
+    lengths = make_lengths(4, 3)
+    if broken == "forward":
+        _no_waits(monkeypatch)
+        with pytest.raises(AssertionError, match="^(y|h_n|c_n):"):
+            check_recurrence(mode, 4, 3, 40, proj=proj, lengths=lengths, backward=False)
+    else:
+        with pytest.raises(AssertionError, match="^d(gx|h0|c0|w_hh|b_hh|w_hr):"):
+            check_recurrence(mode, 4, 3, 40, proj=proj, lengths=lengths, before_backward=lambda: _no_waits(monkeypatch))
+
+
+@needs_interpreter
+def test_a_flag_never_raised_deadlocks(monkeypatch):
+    """With the flags never raised every program waits forever: the schedule sees that nobody progresses and
+    the launch raises at once, long before its timeout."""
     monkeypatch.setattr(common_kernels, "publish", _publish_nothing)
     monkeypatch.setenv(strategy.PROGRAMS_ENV_VAR, "2")
     x = {n: None if v is None else v.detach() for n, v in make_inputs("gru", 3, 2, 40).items()}
-    with testing.concurrent_interpreter(timeout=3), ops.use_strategy("persistent"):
-        with pytest.raises(Exception, match="still running"):
+    start = time.monotonic()
+    with testing.concurrent_interpreter(timeout=60), ops.use_strategy("persistent"):
+        with pytest.raises(Exception, match="all 2 programs wait for a flag nobody raises"):
             ops.recurrence("gru", **x)
+    assert time.monotonic() - start < 30
+
+
+@needs_interpreter
+def test_a_spin_without_atomics_times_out():
+    """A program that spins without atomics (the schedule cannot see it) is stopped at the launch's timeout."""
+
+    @triton.jit
+    def spin(x_ptr):
+        v = tl.load(x_ptr)
+        while v == 0:
+            v = tl.load(x_ptr)
+
+    x = torch.zeros(1, dtype=torch.int32)
+    with testing.concurrent_interpreter(timeout=1):
+        with pytest.raises(Exception, match="still running after 1 s"):
+            spin[(2,)](x)
 
 
 # --- the strategy layer ------------------------------------------------------------------------------------
@@ -190,7 +220,7 @@ def test_requests(monkeypatch):
 def test_auto_is_persistent_in_the_concurrent_interpreter(monkeypatch):
     monkeypatch.delenv(strategy.ENV_VAR, raising=False)
     monkeypatch.setenv(strategy.PROGRAMS_ENV_VAR, "2")
-    with testing.concurrent_interpreter(stagger=STAGGER):
+    with testing.concurrent_interpreter():
         assert _run_lstm() == {"lstm_fwd_persistent_resident": 1, "lstm_bwd_persistent_resident": 1}
 
 
