@@ -36,7 +36,7 @@ DEFAULT_PROGRAMS = 4
 #: an interrupt to reach it).
 POLL_INTERVAL = 0.05
 
-_active: list[float] = []  # timeout of each active concurrent_interpreter(), innermost last
+_depth = 0  # concurrent_interpreter() blocks active (nested ones share the outermost block's hooks)
 _program = threading.local()  # in a program's thread: .schedule and .rank
 
 
@@ -46,7 +46,7 @@ class Deadlock(RuntimeError):
 
 def concurrent() -> bool:
     """Whether a :func:`concurrent_interpreter` block is active."""
-    return bool(_active)
+    return _depth > 0
 
 
 class _ThreadGridIdx:
@@ -118,8 +118,7 @@ class _Schedule:
             nxt = self._next(rank)
             self.live.remove(rank)
             self.idle = 0
-            if self.live:
-                self.turn = nxt if nxt != rank else self.live[0]
+            self.turn = nxt  # ``rank`` itself only when it was the last one, and then nobody waits
             self.cond.notify_all()
 
 
@@ -218,8 +217,9 @@ def concurrent_interpreter(timeout: float = 600.0) -> Iterator[None]:
     executor_cls = tri.GridExecutor
     original_init = executor_cls.__init__
     original_descriptor = builder_cls.__dict__.get("grid_idx")
+    global _depth
     # an inner block keeps the outer block's hooks (wrapping them again would count every atomic twice)
-    names = () if _active else ("create_atomic_rmw", "create_atomic_cas")
+    names = () if _depth else ("create_atomic_rmw", "create_atomic_cas")
     atomics = {name: getattr(builder_cls, name) for name in names}
     descriptor = _ThreadGridIdx()
 
@@ -227,7 +227,7 @@ def concurrent_interpreter(timeout: float = 600.0) -> Iterator[None]:
         original_init(self, fn, *args, **kwargs)
         self.fn = _ConcurrentGrid(fn, tri, timeout)
 
-    _active.append(timeout)
+    _depth += 1
     builder_cls.grid_idx = descriptor
     executor_cls.__init__ = init
     for name, original in atomics.items():
@@ -242,4 +242,4 @@ def concurrent_interpreter(timeout: float = 600.0) -> Iterator[None]:
             del builder_cls.grid_idx
         else:
             builder_cls.grid_idx = original_descriptor
-        _active.pop()
+        _depth -= 1
